@@ -1,0 +1,339 @@
+"""The parameter server: a socket server thread on the Spark driver that owns the centre variable.
+
+One thread accepts connections; one thread serves each worker connection. The server applies
+commits through the algorithm's server half and never looks at which algorithm it runs.
+Synchronous algorithms meet at a rendezvous here: a round completes when every partition
+still training has committed (a partition that finished its data leaves the round set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import protocol as wire
+from .algorithms import Algorithm, Session
+from .history import History
+
+log = logging.getLogger(__name__)
+
+
+class TrainingAborted(RuntimeError):
+    """The run was stopped: a worker died mid-round, a round timed out, or the driver aborted."""
+
+
+@dataclass
+class ServerConfig:
+    handshake_timeout: float = 10.0  # a new connection must complete its handshake by then
+    frame_timeout: float = 120.0  # a started frame must be complete by then
+    idle_timeout: float = 3600.0  # longest silence between two frames of a worker
+    round_timeout: float = 600.0  # longest wait for the other workers of a synchronous round
+    max_connections: int | None = None  # default: 4 per worker + 8
+    tolerate_worker_loss: bool = False  # synchronous: go on without a worker that vanished
+
+
+class ParameterServer:
+    """Serve ``center`` (flat float32, updated in place) to ``num_workers`` Spark partitions."""
+
+    def __init__(self, center: np.ndarray, layout: wire.Layout, algorithm: Algorithm,
+                 num_workers: int, token: bytes, bind_host: str = "127.0.0.1", port: int = 0,
+                 config: ServerConfig | None = None, cursors: dict[int, int] | None = None,
+                 clock: int = 0):
+        if center.dtype != wire.DTYPE or center.ndim != 1 or center.size != layout.num_params:
+            raise ValueError("center must be a flat float32 vector of the layout's size")
+        self.center = center
+        self.layout = layout
+        self.algorithm = algorithm
+        self.num_workers = int(num_workers)
+        self.config = config or ServerConfig()
+        self.history = History()
+        self.clock = int(clock)
+        self.cursors: dict[int, int] = dict(cursors or {})
+        self._token = token
+        self._digest = layout.digest()
+        self._bind = (bind_host, int(port))
+        self._lock = threading.Lock()  # centre variable and bookkeeping
+        self._round = threading.Condition(self._lock)
+        self._apply_lock = self._lock if algorithm.locked else contextlib.nullcontext()
+        self._connections: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.error: str | None = None
+        self.rejected_connections = 0
+        # synchronous rendezvous: who still trains, who committed this round
+        self._active = set(range(self.num_workers))
+        self._arrived: set[int] = set()
+        self._round_no = 0
+        self._round_acc = algorithm.round_begin(center) if algorithm.synchronous else None
+        self._round_started = time.monotonic()
+        limit = self.config.max_connections
+        self._max_connections = limit if limit is not None else 4 * self.num_workers + 8
+
+    # ---- lifecycle -----------------------------------------------------------------
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._listener is None:
+            raise RuntimeError("server not started")
+        return self._listener.getsockname()[:2]
+
+    def start(self) -> ParameterServer:
+        family = socket.AF_INET6 if ":" in self._bind[0] else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(self._bind)
+        listener.listen(128)
+        listener.settimeout(0.2)
+        self._listener = listener
+        self.history.start()
+        self._acceptor = threading.Thread(target=self._accept_loop, name="distkeras-ps-accept",
+                                          daemon=True)
+        self._acceptor.start()
+        return self
+
+    def stop(self, reason: str | None = None) -> None:
+        """Stop serving, close every connection and free the port. Safe to call twice."""
+        with self._lock:
+            if reason and self.error is None:
+                self.error = reason
+            self._stopping.set()
+            self._round.notify_all()
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._acceptor is not None:
+            self._acceptor.join(timeout=5)
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        for thread in list(self._threads):
+            thread.join(timeout=5)
+
+    def __enter__(self) -> ParameterServer:
+        return self.start() if self._listener is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def abort(self, reason: str) -> None:
+        """Fail the run: waiting workers are told, later frames are refused."""
+        log.error("distkeras parameter server aborts training: %s", reason)
+        with self._lock:
+            if self.error is None:
+                self.error = reason
+            self._round.notify_all()
+
+    # ---- connections ---------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                conn, peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            with self._lock:
+                crowded = len(self._connections) >= self._max_connections
+                if not crowded:
+                    self._connections.add(conn)
+            if crowded or self._stopping.is_set():
+                self.rejected_connections += 1
+                with contextlib.suppress(OSError):
+                    conn.close()
+                continue
+            thread = threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
+                                      name=f"distkeras-ps-{peer[1]}")
+            self._threads.add(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket, peer) -> None:
+        session = None
+        clean = False
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            session = self._handshake(conn)
+            if session is not None:
+                clean = self._serve_frames(conn, session)
+        except (wire.ProtocolError, OSError, ValueError) as error:
+            if not self._stopping.is_set():
+                log.warning("distkeras parameter server closed connection from %s: %s",
+                            peer, error)
+            with self._lock:
+                self.rejected_connections += session is None
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+            with self._lock:
+                self._connections.discard(conn)
+            if session is not None and not clean:
+                self._lost(session)
+            self._threads.discard(threading.current_thread())
+
+    def _handshake(self, conn: socket.socket) -> Session | None:
+        deadline = time.monotonic() + self.config.handshake_timeout
+        magic, version, _, token, digest, worker, attempt, num_params = wire.recv_struct(
+            conn, wire.HELLO, deadline)
+        if magic != wire.MAGIC:
+            raise wire.ProtocolError("bad magic in handshake")
+        status = wire.Status.OK
+        if version != wire.VERSION:
+            status = wire.Status.BAD_VERSION
+        elif not wire.tokens_equal(token, self._token):
+            status = wire.Status.BAD_TOKEN
+        elif digest != self._digest or num_params != self.layout.num_params \
+                or worker >= self.num_workers:
+            status = wire.Status.BAD_LAYOUT
+        elif self.error is not None:
+            status = wire.Status.ABORTED
+        with self._lock:
+            cursor = self.cursors.get(worker, -1)
+            clock = self.clock
+        conn.sendall(wire.WELCOME.pack(wire.MAGIC, status, clock, cursor))
+        if status != wire.Status.OK:
+            raise wire.ProtocolError(wire.Status.MESSAGES[status])
+        return Session(worker=int(worker), attempt=int(attempt), pulled_clock=clock)
+
+    def _serve_frames(self, conn: socket.socket, session: Session) -> bool:
+        """Serve one worker until it says bye (True) or the connection ends (exception)."""
+        inbox = np.empty(self.layout.num_params, dtype=wire.DTYPE)
+        outbox = np.empty(self.layout.num_params, dtype=wire.DTYPE)
+        header = bytearray(wire.REQUEST.size)
+        expected = self.layout.nbytes
+        while not self._stopping.is_set():
+            conn.settimeout(self.config.idle_timeout)
+            first = conn.recv_into(header, 1)
+            if first == 0:
+                raise wire.ProtocolError("connection closed without bye")
+            deadline = time.monotonic() + self.config.frame_timeout
+            wire.recv_exact(conn, memoryview(header)[1:], deadline)
+            op, _, samples, cursor, _, loss, nbytes = wire.REQUEST.unpack(header)
+            if op not in wire.Op.ALL:
+                raise wire.ProtocolError(f"unknown op code {op}")
+            if nbytes != (expected if op in wire.Op.WITH_PAYLOAD else 0):
+                raise wire.ProtocolError(f"op {op}: payload of {nbytes} bytes, expected "
+                                         f"{expected if op in wire.Op.WITH_PAYLOAD else 0}")
+            if op in wire.Op.WITH_PAYLOAD:
+                wire.recv_exact(conn, memoryview(inbox), deadline)
+                if not np.isfinite(inbox.sum()):
+                    raise wire.ProtocolError(f"worker {session.worker} sent a non-finite update")
+            if op == wire.Op.BYE:
+                self._leave(session)
+                conn.sendall(wire.REPLY.pack(wire.Status.OK, self.clock, 0))
+                return True
+            status, clock = self._handle(op, session, inbox, outbox, samples, cursor, loss)
+            if status != wire.Status.OK:
+                conn.sendall(wire.REPLY.pack(status, clock, 0))
+                return True
+            if op in wire.Op.WITH_REPLY_PAYLOAD:
+                wire.send_frame(conn, wire.REPLY.pack(status, clock, expected), outbox)
+            else:
+                conn.sendall(wire.REPLY.pack(status, clock, 0))
+        return True
+
+    # ---- operations ----------------------------------------------------------------
+    def _handle(self, op: int, session: Session, update: np.ndarray, outbox: np.ndarray,
+                samples: int, cursor: int, loss: float) -> tuple[int, int]:
+        if self.error is not None:
+            return wire.Status.ABORTED, self.clock
+        if op == wire.Op.METRICS:
+            self.history.add_metrics(session.worker, loss, samples)
+            return wire.Status.OK, self.clock
+        if op == wire.Op.PULL:
+            with self._apply_lock:
+                self._pull(session, outbox)
+            return wire.Status.OK, self.clock
+        if self.algorithm.synchronous:
+            return self._commit_round(op, session, update, outbox, samples, cursor, loss)
+        # Locked algorithms hold the lock for the whole commit; Hogwild applies without it
+        # and takes the lock only for the clock and the bookkeeping.
+        bookkeeping = contextlib.nullcontext() if self.algorithm.locked else self._lock
+        with self._apply_lock:
+            with bookkeeping:
+                clock = self.clock
+                self.clock += 1
+            self.algorithm.apply(self.center, update, session, clock)
+            with bookkeeping:
+                self._bookkeep(session, clock, samples, cursor, loss)
+            if op == wire.Op.COMMIT_PULL:
+                self._pull(session, outbox)
+        return wire.Status.OK, self.clock
+
+    def _pull(self, session: Session, outbox: np.ndarray) -> None:
+        np.copyto(outbox, self.center)
+        session.pulled_clock = self.clock
+        self.algorithm.on_pull(self.center, session)
+
+    def _bookkeep(self, session: Session, clock: int, samples: int, cursor: int,
+                  loss: float) -> None:
+        if cursor > self.cursors.get(session.worker, -1):
+            self.cursors[session.worker] = cursor
+        self.history.add_commit(session.worker, clock + 1, clock - session.pulled_clock,
+                                loss, samples)
+
+    def _commit_round(self, op, session, update, outbox, samples, cursor, loss):
+        with self._round:
+            if session.worker not in self._active:
+                return wire.Status.ABORTED, self.clock
+            clock = self.clock
+            self.clock += 1
+            self.algorithm.round_add(self._round_acc, update, samples)
+            self._arrived.add(session.worker)
+            self._bookkeep(session, clock, samples, cursor, loss)
+            my_round = self._round_no
+            self._maybe_end_round()
+            while self._round_no == my_round and self.error is None \
+                    and not self._stopping.is_set():
+                waited = time.monotonic() - self._round_started
+                if waited > self.config.round_timeout:
+                    missing = sorted(self._active - self._arrived)
+                    self.error = (f"synchronous round {my_round} waited {waited:.0f}s for "
+                                  f"worker(s) {missing}; round_timeout="
+                                  f"{self.config.round_timeout}s")
+                    self._round.notify_all()
+                    break
+                self._round.wait(timeout=min(1.0, self.config.round_timeout))
+            if self._round_no == my_round:
+                return wire.Status.ABORTED, self.clock
+            if op == wire.Op.COMMIT_PULL:
+                self._pull(session, outbox)
+            return wire.Status.OK, self.clock
+
+    def _maybe_end_round(self) -> None:
+        """Apply the round once every partition still training has committed (lock held)."""
+        if not self.algorithm.synchronous or not self._arrived:
+            return
+        if not self._active <= self._arrived:
+            return
+        self.algorithm.round_end(self.center, self._round_acc)
+        self._round_acc = self.algorithm.round_begin(self.center)
+        self._arrived.clear()
+        self._round_no += 1
+        self._round_started = time.monotonic()
+        self._round.notify_all()
+
+    def _leave(self, session: Session) -> None:
+        with self._round:
+            self._active.discard(session.worker)
+            self.history.add_finished(session.worker)
+            self._maybe_end_round()
+
+    def _lost(self, session: Session) -> None:
+        """A worker's connection ended without bye (killed task, crash, network)."""
+        if self._stopping.is_set() or not self.algorithm.synchronous:
+            return
+        if self.config.tolerate_worker_loss:
+            log.warning("distkeras: worker %d vanished; the synchronous rounds go on "
+                        "without it", session.worker)
+            self._leave(session)
+        else:
+            self.abort(f"worker {session.worker} (attempt {session.attempt}) lost its "
+                       f"connection in the middle of synchronous training")

@@ -1,0 +1,177 @@
+"""Wire format between the parameter server and its workers.
+
+Every message is a fixed little-endian header followed, for some op codes, by the model's
+weights as ONE contiguous float32 buffer. Nothing executable ever crosses the socket: the
+only things parsed are ``struct`` headers and raw float32 bytes whose size is checked against
+the model layout before a single byte of payload is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC = b"DKPS"
+VERSION = 1
+TOKEN_BYTES = 32
+DIGEST_BYTES = 32
+DTYPE = np.dtype("<f4")
+
+# Handshake, client -> server: magic, version, reserved, token, layout digest, worker id
+# (the Spark partition), task attempt, number of float32 parameters.
+HELLO = struct.Struct("<4sHH32s32sIIQ")
+# Handshake, server -> client: magic, status, server clock, resume cursor of this partition
+# (index of the last batch whose update reached the centre variable, -1 for none).
+WELCOME = struct.Struct("<4sB3xqq")
+# Request: op, flags, samples in this commit, cursor (last batch covered), clock of the
+# worker's last pull, mean training loss over the window, payload size in bytes.
+REQUEST = struct.Struct("<BB2xIqqdQ")
+# Reply: status, server clock after the operation, payload size in bytes.
+REPLY = struct.Struct("<B7xqQ")
+
+
+class Op:
+    PULL = 1  # reply carries the centre variable
+    COMMIT = 2  # request carries an update
+    COMMIT_PULL = 3  # both
+    METRICS = 4  # header only: loss and samples for the history
+    BYE = 5  # the worker is done with this partition
+
+    WITH_PAYLOAD = frozenset({COMMIT, COMMIT_PULL})
+    WITH_REPLY_PAYLOAD = frozenset({PULL, COMMIT_PULL})
+    ALL = frozenset({PULL, COMMIT, COMMIT_PULL, METRICS, BYE})
+
+
+class Status:
+    OK = 0
+    BAD_VERSION = 1
+    BAD_TOKEN = 2
+    BAD_LAYOUT = 3
+    BUSY = 4
+    ABORTED = 5  # the training run failed or stopped; the worker must stop too
+
+    MESSAGES = {
+        BAD_VERSION: "protocol version mismatch between worker and parameter server",
+        BAD_TOKEN: "authentication failed: wrong training token",
+        BAD_LAYOUT: "model layout (shapes/dtypes) differs from the parameter server's",
+        BUSY: "parameter server refused the connection: too many connections",
+        ABORTED: "training was aborted on the driver",
+    }
+
+
+class ProtocolError(ConnectionError):
+    """A peer sent something that is not a valid frame; the connection must be closed."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shapes and dtypes of a model's weights, flattened in order into one float32 vector."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, arrays: Sequence[np.ndarray]) -> Layout:
+        return cls(tuple(tuple(int(d) for d in a.shape) for a in arrays),
+                   tuple(str(np.dtype(a.dtype)) for a in arrays))
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+
+    @property
+    def num_params(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def nbytes(self) -> int:
+        return self.num_params * DTYPE.itemsize
+
+    def digest(self) -> bytes:
+        text = ";".join(f"{s}:{d}" for s, d in zip(self.shapes, self.dtypes))
+        return hashlib.sha256(text.encode()).digest()
+
+    def flatten(self, arrays: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+        """Copy ``arrays`` into one flat float32 vector (``out`` when given: no allocation)."""
+        if out is None:
+            out = np.empty(self.num_params, dtype=DTYPE)
+        offset = 0
+        for array, size in zip(arrays, self.sizes):
+            out[offset:offset + size] = np.asarray(array).reshape(-1)
+            offset += size
+        return out
+
+    def unflatten(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Split a flat vector back into arrays of the layout's shapes and dtypes."""
+        arrays, offset = [], 0
+        for shape, dtype, size in zip(self.shapes, self.dtypes, self.sizes):
+            arrays.append(flat[offset:offset + size].reshape(shape).astype(dtype, copy=True))
+            offset += size
+        return arrays
+
+
+def new_token() -> bytes:
+    return secrets.token_bytes(TOKEN_BYTES)
+
+
+def tokens_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+def recv_exact(sock: socket.socket, buffer: memoryview, deadline: float | None = None) -> None:
+    """Fill ``buffer`` completely from ``sock`` (``recv_into``: no intermediate copies).
+
+    With a ``deadline`` (``time.monotonic()`` value) the whole buffer must arrive by then: a
+    peer that trickles bytes slowly cannot hold the connection open (slowloris).
+    """
+    view, received = buffer.cast("B"), 0
+    total = len(view)
+    while received < total:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProtocolError(f"frame not complete in time ({received} of {total} bytes)")
+            sock.settimeout(remaining)
+        n = sock.recv_into(view[received:], total - received)
+        if n == 0:
+            raise ProtocolError(f"connection closed after {received} of {total} bytes")
+        received += n
+
+
+def recv_struct(sock: socket.socket, fmt: struct.Struct, deadline: float | None = None) -> tuple:
+    buffer = bytearray(fmt.size)
+    recv_exact(sock, memoryview(buffer), deadline)
+    return fmt.unpack(buffer)
+
+
+def send_frame(sock: socket.socket, header: bytes, payload: np.ndarray | None = None) -> None:
+    """Send a header and, optionally, a float32 payload without copying the payload."""
+    if payload is None:
+        sock.sendall(header)
+        return
+    sock.sendall(header)
+    sock.sendall(memoryview(payload).cast("B"))
+
+
+def connect(address: tuple[str, int], timeout: float = 60.0, attempts: int = 8,
+            backoff: float = 0.25) -> socket.socket:
+    """Connect with retries and exponential backoff; TCP_NODELAY for small headers."""
+    last_error: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            sock = socket.create_connection(address, timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as error:
+            last_error = error
+            time.sleep(backoff * (2 ** attempt))
+    raise ConnectionError(f"cannot reach the distkeras parameter server at "
+                          f"{address[0]}:{address[1]} after {attempts} attempts: {last_error}")

@@ -1,0 +1,80 @@
+"""Spark plumbing: a working local session, and where the driver can be reached."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+
+class JavaMissingError(RuntimeError):
+    pass
+
+
+def check_java() -> str:
+    """Path of the ``java`` that Spark will use; a one-line error when there is none."""
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        raise JavaMissingError("Spark needs Java 17 or newer: install a JDK (e.g. "
+                               "'apt-get install openjdk-17-jre-headless') or set JAVA_HOME")
+    try:
+        subprocess.run([java, "-version"], capture_output=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise JavaMissingError(f"'{java} -version' failed ({error}); Spark needs Java 17 or "
+                               f"newer: install a JDK or fix JAVA_HOME") from None
+    return java
+
+
+def worker_environment() -> None:
+    """Environment the Python workers inherit: this interpreter, quiet TensorFlow."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def local_session(num_workers: int = 2, app_name: str = "distkeras", **conf: str):
+    """A local SparkSession with ``num_workers`` task slots, ready for distkeras.
+
+    Workers run the interpreter that runs this function (``PYSPARK_PYTHON``), the web UI is
+    off, logs are quiet and the driver listens on loopback so nothing needs a resolvable
+    hostname. Extra Spark settings can be passed as keyword arguments (dots as ``_``).
+    """
+    check_java()
+    worker_environment()
+    from pyspark.sql import SparkSession
+
+    builder = (SparkSession.builder.master(f"local[{int(num_workers)}]").appName(app_name)
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.driver.host", "127.0.0.1")
+               .config("spark.driver.bindAddress", "127.0.0.1")
+               .config("spark.sql.shuffle.partitions", str(max(2, int(num_workers))))
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+               .config("spark.python.worker.reuse", "true"))
+    for key, value in conf.items():
+        builder = builder.config(key.replace("_", "."), value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def driver_address(spark) -> tuple[str, str]:
+    """(address to bind, address workers connect to), as Spark itself uses for the driver."""
+    conf = spark.sparkContext.getConf()
+    host = conf.get("spark.driver.host", None) or "127.0.0.1"
+    bind = conf.get("spark.driver.bindAddress", None) or host
+    return bind, host
+
+
+def task_slots(spark) -> int:
+    """How many tasks Spark can run at once right now (for barrier stages)."""
+    sc = spark.sparkContext
+    master = sc.master
+    if master.startswith("local"):
+        inside = master[master.find("[") + 1:master.find("]")] if "[" in master else "1"
+        inside = inside.split(",")[0].strip()
+        return (os.cpu_count() or 1) if inside == "*" else int(inside)
+    return sc.defaultParallelism

@@ -1,0 +1,250 @@
+"""Driver side: check the data, start the parameter server, run the Spark job, return the model.
+
+Each trainer is a thin class that names its algorithm (see algorithms.py) and its defaults;
+everything else is shared by :class:`Trainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from . import algorithms, protocol
+from .data import plan_columns
+from .history import History
+from .models import blueprint
+from .parameter_server import ParameterServer, ServerConfig, TrainingAborted
+from .spark import driver_address, task_slots
+from .workers import WorkerSpec, run_spark_task
+
+log = logging.getLogger(__name__)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class Trainer:
+    """Shared driver logic: the subclasses only choose the algorithm and its defaults."""
+
+    #: local steps between exchanges when ``communication_window`` is not given
+    default_window: float = 5
+    #: one partition, no matter what ``num_workers`` says (SingleTrainer)
+    single_worker = False
+
+    def __init__(self, keras_model: keras.Model, worker_optimizer: Any = None,
+                 loss: Any = None, metrics: Sequence | None = None, num_workers: int = 2,
+                 batch_size: int = 32, num_epoch: int = 1,
+                 features_col: str | Sequence[str] = "features",
+                 label_col: str | Sequence[str] = "label",
+                 communication_window: int | None = None, verbose: int = 1,
+                 seed: int | None = None, shuffle: bool = True,
+                 server_config: ServerConfig | None = None):
+        self.keras_model = keras_model
+        self.worker_optimizer = worker_optimizer
+        self.loss = loss
+        self.metrics = metrics
+        self.num_workers = 1 if self.single_worker else _positive_int("num_workers", num_workers)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.num_epoch = _positive_int("num_epoch", num_epoch)
+        self.features_col = features_col
+        self.label_col = label_col
+        window = self.default_window if communication_window is None else communication_window
+        self.communication_window = (window if window == math.inf
+                                     else _positive_int("communication_window", window))
+        self.verbose = int(verbose)
+        self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        self.shuffle = bool(shuffle)
+        self.server_config = server_config or ServerConfig()
+        self.history = History()
+        self.worker_reports: list[dict] = []
+        self._training_time = 0.0
+        self.algorithm = self._algorithm()  # validates the algorithm's arguments at once
+
+    def _algorithm(self) -> algorithms.Algorithm:
+        raise NotImplementedError
+
+    def get_training_time(self) -> float:
+        """Seconds the last ``train()`` spent from start to the returned model."""
+        return self._training_time
+
+    # ---- the run ----------------------------------------------------------------------
+    def train(self, dataframe, shuffle: bool | None = None) -> keras.Model:
+        """Train on ``dataframe`` and return a keras.Model holding the final centre variable."""
+        started = time.time()
+        shuffle = self.shuffle if shuffle is None else shuffle
+        spark = dataframe.sparkSession
+        plan = plan_columns(dataframe, self.features_col, self.label_col, self.keras_model,
+                            self.loss if self.loss is not None else self._compiled_loss())
+        print_ = self._say
+        bp = blueprint(self.keras_model, self.worker_optimizer, self.loss, self.metrics)
+        weights = self.keras_model.get_weights()
+        layout = protocol.Layout.of(weights)
+        center = layout.flatten(weights)
+        self._check_slots(spark)
+        bind, host = driver_address(spark)
+        token = protocol.new_token()
+        server = ParameterServer(center, layout, self.algorithm, self.num_workers, token,
+                                 bind_host=bind, config=self.server_config)
+        server.start()
+        self.history = server.history
+        sc = spark.sparkContext
+        group = f"distkeras-{uuid.uuid4().hex[:12]}"
+        try:
+            spec = WorkerSpec(bp, self.algorithm, plan, layout, (host, server.address[1]),
+                              token, self.batch_size, self.num_epoch, self.communication_window,
+                              shuffle, self.seed)
+            shipped = sc.broadcast(spec)
+            rdd = self._partitioned(dataframe.select(*plan.names)).rdd
+            print_(f"distkeras: {type(self).__name__} on {self.num_workers} worker(s), "
+                   f"{layout.num_params:,} parameters, server {host}:{server.address[1]}")
+            sc.setJobGroup(group, f"distkeras {type(self).__name__}", interruptOnCancel=True)
+
+            def task(index, rows):
+                return run_spark_task(shipped.value, index, rows)
+
+            stage = rdd.barrier() if self.algorithm.synchronous else rdd
+            self.worker_reports = stage.mapPartitionsWithIndex(task).collect()
+            shipped.unpersist(blocking=False)
+        except BaseException as error:
+            sc.cancelJobGroup(group)
+            if server.error:
+                raise TrainingAborted(server.error) from error
+            raise
+        finally:
+            server.stop()
+        if server.error:
+            raise TrainingAborted(server.error)
+        model = bp.build()
+        model.set_weights(layout.unflatten(center))
+        self._training_time = time.time() - started
+        print_(f"distkeras: trained in {self._training_time:.1f}s, "
+               f"{self.history.samples_applied:,} samples applied in "
+               f"{len(self.history.commits):,} commits")
+        return model
+
+    def _compiled_loss(self):
+        config = getattr(self.keras_model, "_compile_config", None)
+        return config.config.get("loss") if config is not None else None
+
+    def _partitioned(self, dataframe):
+        if self.single_worker:
+            return dataframe.coalesce(1)
+        return dataframe.repartition(self.num_workers)
+
+    def _check_slots(self, spark) -> None:
+        if not self.algorithm.synchronous:
+            return
+        slots = task_slots(spark)
+        if slots < self.num_workers:
+            raise ValueError(f"{type(self).__name__} is synchronous: its {self.num_workers} "
+                             f"workers must run at the same time, but Spark has {slots} task "
+                             f"slot(s). Use num_workers <= {slots} or give Spark more cores.")
+
+    def _say(self, message: str) -> None:
+        if self.verbose:
+            print(message, flush=True)
+
+
+class SingleTrainer(Trainer):
+    """One worker trains the model plainly on all the data: the baseline."""
+
+    single_worker = True
+    default_window = math.inf
+
+    def _algorithm(self):
+        return algorithms.Replace()
+
+
+class DOWNPOUR(Trainer):
+    """Asynchronous SGD with a parameter server (Dean et al. 2012); ``lock=False``: Hogwild."""
+
+    default_window = 5
+
+    def __init__(self, keras_model, *args, lock: bool = True, **kwargs):
+        self.lock = lock
+        super().__init__(keras_model, *args, **kwargs)
+
+    def _algorithm(self):
+        return algorithms.DOWNPOUR(lock=self.lock)
+
+
+class AGN(Trainer):
+    """Accumulated Gradient Normalization (Hermans 2017)."""
+
+    default_window = 12
+
+    def _algorithm(self):
+        return algorithms.AGN()
+
+
+class ADAG(Trainer):
+    """Asynchronous Distributed Adaptive Gradients (Hermans 2017): AGN with per-weight
+    staleness damping on the server (``gamma``)."""
+
+    default_window = 12
+
+    def __init__(self, keras_model, *args, gamma: float = 1e-4, **kwargs):
+        self.gamma = gamma
+        super().__init__(keras_model, *args, **kwargs)
+
+    def _algorithm(self):
+        return algorithms.ADAG(gamma=self.gamma)
+
+
+class DynSGD(Trainer):
+    """Staleness-aware asynchronous SGD (Jiang et al. 2017): updates divided by staleness+1."""
+
+    default_window = 5
+
+    def _algorithm(self):
+        return algorithms.DynSGD()
+
+
+class AEASGD(Trainer):
+    """Asynchronous elastic averaging SGD (Zhang et al. 2015)."""
+
+    default_window = 32
+
+    def __init__(self, keras_model, *args, rho: float = 5.0, learning_rate: float = 0.01,
+                 **kwargs):
+        self.rho, self.learning_rate = rho, learning_rate
+        super().__init__(keras_model, *args, **kwargs)
+
+    def _algorithm(self):
+        return algorithms.AEASGD(rho=self.rho, learning_rate=self.learning_rate)
+
+
+class EAMSGD(AEASGD):
+    """Asynchronous elastic averaging with Nesterov momentum on the workers (Zhang 2015)."""
+
+    def __init__(self, keras_model, *args, momentum: float = 0.9, **kwargs):
+        self.momentum = momentum
+        super().__init__(keras_model, *args, **kwargs)
+
+    def _algorithm(self):
+        return algorithms.EAMSGD(rho=self.rho, learning_rate=self.learning_rate,
+                                 momentum=self.momentum)
+
+
+class AveragingTrainer(Trainer):
+    """Synchronous model averaging: every epoch, C <- sample-weighted mean of the replicas."""
+
+    def _algorithm(self):
+        return algorithms.ModelAveraging()
+
+
+class EASGD(AEASGD):
+    """Synchronous elastic averaging SGD (Zhang et al. 2015)."""
+
+    def _algorithm(self):
+        return algorithms.EASGD(rho=self.rho, learning_rate=self.learning_rate)

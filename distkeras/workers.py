@@ -1,0 +1,189 @@
+"""What runs inside a Spark task: a model replica trained on one partition, exchanging with
+the parameter server every ``communication_window`` steps through the algorithm's worker half.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import protocol as wire
+from .algorithms import Algorithm
+from .data import ColumnPlan
+from .models import ModelBlueprint
+
+
+class WorkerError(RuntimeError):
+    """Training on a partition cannot go on (server refused, run aborted, loss diverged)."""
+
+
+class ServerLink:
+    """A worker's connection to the parameter server: handshake, then framed requests."""
+
+    def __init__(self, address: tuple[str, int], token: bytes, layout: wire.Layout,
+                 worker: int, attempt: int = 0, timeout: float = 3600.0):
+        self.layout = layout
+        self.worker = worker
+        self._sock = wire.connect(address, timeout=timeout)
+        self._reply = bytearray(wire.REPLY.size)
+        self._inbox = np.empty(layout.num_params, dtype=wire.DTYPE)
+        self._sock.sendall(wire.HELLO.pack(wire.MAGIC, wire.VERSION, 0, token,
+                                           layout.digest(), worker, attempt, layout.num_params))
+        magic, status, self.clock, self.cursor = wire.recv_struct(self._sock, wire.WELCOME)
+        if magic != wire.MAGIC:
+            raise WorkerError(f"{address} is not a distkeras parameter server")
+        if status != wire.Status.OK:
+            self.close()
+            raise WorkerError(f"worker {worker}: {wire.Status.MESSAGES.get(status, status)}")
+        # metadata of the next commit, set by the worker loop before each exchange
+        self.samples, self.last_batch, self.loss = 0, -1, 0.0
+
+    def _request(self, op: int, payload: np.ndarray | None = None) -> np.ndarray | None:
+        nbytes = payload.nbytes if payload is not None else 0
+        header = wire.REQUEST.pack(op, 0, self.samples, self.last_batch, self.clock,
+                                   self.loss, nbytes)
+        if payload is not None:
+            payload = np.ascontiguousarray(payload, dtype=wire.DTYPE)
+        wire.send_frame(self._sock, header, payload)
+        wire.recv_exact(self._sock, memoryview(self._reply))
+        status, self.clock, size = wire.REPLY.unpack(self._reply)
+        if status != wire.Status.OK:
+            raise WorkerError(f"worker {self.worker}: "
+                              f"{wire.Status.MESSAGES.get(status, f'status {status}')}")
+        if size:
+            if size != self.layout.nbytes:
+                raise wire.ProtocolError(f"server sent {size} bytes, expected "
+                                         f"{self.layout.nbytes}")
+            wire.recv_exact(self._sock, memoryview(self._inbox))
+            return self._inbox
+        return None
+
+    def pull(self) -> np.ndarray:
+        return self._request(wire.Op.PULL)
+
+    def commit(self, update: np.ndarray) -> None:
+        self._request(wire.Op.COMMIT, update)
+
+    def commit_and_pull(self, update: np.ndarray) -> np.ndarray:
+        return self._request(wire.Op.COMMIT_PULL, update)
+
+    def metrics(self, loss: float, samples: int) -> None:
+        self.loss, self.samples = loss, samples
+        self._request(wire.Op.METRICS)
+
+    def bye(self) -> None:
+        self._request(wire.Op.BYE)
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a Spark task needs; broadcast once per training run."""
+
+    blueprint: ModelBlueprint
+    algorithm: Algorithm
+    plan: ColumnPlan
+    layout: wire.Layout
+    address: tuple[str, int]
+    token: bytes
+    batch_size: int
+    num_epoch: int
+    window: float  # local steps between exchanges (math.inf: only at the end)
+    shuffle: bool
+    seed: int
+
+
+def batch_order(spec: WorkerSpec, partition: int, epoch: int, rows: int) -> np.ndarray:
+    """Deterministic per (seed, partition, epoch): a retried task sees the same batches."""
+    if not spec.shuffle:
+        return np.arange(rows)
+    return np.random.default_rng([spec.seed, partition, epoch]).permutation(rows)
+
+
+def _take(arrays: list[np.ndarray], index: np.ndarray):
+    taken = [a[index] for a in arrays]
+    return taken[0] if len(taken) == 1 else taken
+
+
+def train_partition(spec: WorkerSpec, partition: int, rows: Iterable,
+                    attempt: int = 0) -> dict[str, Any]:
+    """Train a replica on one partition; return what this worker did."""
+    started = time.time()
+    xs, ys = spec.plan.to_numpy(rows)
+    num_rows = len(xs[0]) if xs else 0
+    model = spec.blueprint.build(spec.algorithm.worker_optimizer(spec.blueprint.optimizer))
+    link = ServerLink(spec.address, spec.token, spec.layout, partition, attempt)
+    resume_after = link.cursor
+    try:
+        w0 = link.pull().copy()
+        w = w0.copy()
+        model.set_weights(spec.layout.unflatten(w))
+        first_batch_at = None
+        batches_per_epoch = math.ceil(num_rows / spec.batch_size) if num_rows else 0
+        steps, window_loss, window_samples, commits, trained = 0, 0.0, 0, 0, 0
+        for epoch in range(spec.num_epoch):
+            order = batch_order(spec, partition, epoch, num_rows)
+            for b in range(batches_per_epoch):
+                batch_index = epoch * batches_per_epoch + b
+                if batch_index <= resume_after:
+                    continue  # a previous attempt's commit already covered this batch
+                index = order[b * spec.batch_size:(b + 1) * spec.batch_size]
+                loss = model.train_on_batch(_take(xs, index), _take(ys, index))
+                loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
+                if first_batch_at is None:
+                    first_batch_at = time.time()
+                if not math.isfinite(loss):
+                    raise WorkerError(f"worker {partition}: training loss is {loss} at epoch "
+                                      f"{epoch}, batch {b}; lower the learning rate or check "
+                                      f"the data for NaN/inf")
+                steps += 1
+                window_loss += loss
+                window_samples += len(index)
+                if steps >= spec.window:
+                    _exchange(spec, model, link, w, w0, steps, window_loss, window_samples,
+                              batch_index)
+                    commits += 1
+                    trained += window_samples
+                    steps, window_loss, window_samples = 0, 0.0, 0
+        if steps:  # the last partial window is committed, not dropped
+            _exchange(spec, model, link, w, w0, steps, window_loss, window_samples,
+                      spec.num_epoch * batches_per_epoch - 1)
+            commits += 1
+            trained += window_samples
+        link.bye()
+    finally:
+        link.close()
+    return {"worker": partition, "attempt": attempt, "rows": num_rows, "commits": commits,
+            "samples": trained, "resumed_after": resume_after, "started": started,
+            "first_batch": first_batch_at, "finished": time.time(), "host": socket.gethostname(),
+            "pid": os.getpid()}
+
+
+def _exchange(spec: WorkerSpec, model, link: ServerLink, w: np.ndarray, w0: np.ndarray,
+              steps: int, loss_sum: float, samples: int, last_batch: int) -> None:
+    spec.layout.flatten(model.get_weights(), out=w)
+    link.samples, link.last_batch, link.loss = samples, last_batch, loss_sum / steps
+    spec.algorithm.exchange(link, w, w0, steps)
+    model.set_weights(spec.layout.unflatten(w))
+
+
+def run_spark_task(spec: WorkerSpec, partition: int, rows: Iterator) -> Iterator[dict]:
+    """Entry point used inside ``mapPartitionsWithIndex``."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    attempt = context.attemptNumber() if context is not None else 0
+    yield train_partition(spec, partition, rows, attempt)

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="distkeras",
+    version="0.1.0",
+    description="Data-parallel training of Keras 3 models on Apache Spark",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["distkeras", "distkeras.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "pyspark>=4.0",
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "numpy>=2",
+        "cloudpickle>=3",
+        "pyarrow>=15",
+        "pandas>=2",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "mlxtend>=0.23", "scikit-learn>=1.4",
+                 "ruff>=0.5"],
+        "plots": ["matplotlib>=3.8"],
+    },
+    license="Apache-2.0",
+    classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering"],
+)

@@ -1,0 +1,252 @@
+"""The wire: round trips, and every kind of bad frame rejected while a good worker trains."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import running_server
+from numpy.testing import assert_array_equal
+
+from distkeras import algorithms, protocol
+from distkeras.parameter_server import ServerConfig
+from distkeras.workers import ServerLink, WorkerError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def multi_layer_model():
+    import keras
+
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"),
+                             keras.layers.BatchNormalization(), keras.layers.Dense(3)])
+
+
+def test_layout_round_trip_of_a_multi_layer_model():
+    weights = [(w + np.arange(w.size).reshape(w.shape)).astype(w.dtype)
+               for w in multi_layer_model().get_weights()]
+    layout = protocol.Layout.of(weights)
+    flat = layout.flatten(weights)
+    assert flat.dtype == np.dtype("<f4") and flat.size == sum(w.size for w in weights)
+    for original, back in zip(weights, layout.unflatten(flat)):
+        assert back.shape == original.shape and back.dtype == original.dtype
+        assert_array_equal(back, original)
+
+
+def test_layout_digest_tells_shapes_apart():
+    a = protocol.Layout(((2, 3), (3,)), ("float32", "float32"))
+    b = protocol.Layout(((3, 2), (3,)), ("float32", "float32"))
+    assert a.num_params == b.num_params and a.digest() != b.digest()
+
+
+def test_model_weights_cross_the_wire_bit_for_bit():
+    weights = multi_layer_model().get_weights()
+    layout = protocol.Layout.of(weights)
+    center = layout.flatten(weights)
+    rng = np.random.default_rng(1)
+    with running_server(algorithms.DOWNPOUR(), center) as (server, _, token):
+        server.layout, server._digest = layout, layout.digest()
+        link = ServerLink(server.address, token, layout, worker=0)
+        pulled = link.pull()
+        for original, back in zip(weights, layout.unflatten(pulled)):
+            assert_array_equal(back, original)
+        delta = rng.standard_normal(layout.num_params).astype(np.float32)
+        after = link.commit_and_pull(delta)
+        assert_array_equal(after, center + delta)
+        link.bye()
+
+
+# ---- hostile and broken peers -------------------------------------------------------------
+class GoodWorker(threading.Thread):
+    """Commits +1 to every weight, over and over, until told to stop."""
+
+    def __init__(self, server, layout, token):
+        super().__init__(daemon=True)
+        self.link = ServerLink(server.address, token, layout, worker=0)
+        self.commits = 0
+        self.error = None
+        self.stop = threading.Event()
+
+    def run(self):
+        try:
+            ones = np.ones(self.link.layout.num_params, dtype=np.float32)
+            while not self.stop.is_set() or self.commits < 20:
+                self.link.samples = 1
+                self.link.commit_and_pull(ones)
+                self.commits += 1
+                time.sleep(0.002)
+            self.link.bye()
+        except Exception as error:  # noqa: BLE001 - reported by the test
+            self.error = error
+
+
+def raw_hello(token, layout, magic=protocol.MAGIC, version=protocol.VERSION, worker=0):
+    return protocol.HELLO.pack(magic, version, 0, token, layout.digest(), worker, 0,
+                               layout.num_params)
+
+
+def request(op, nbytes, samples=1):
+    return protocol.REQUEST.pack(op, 0, samples, 0, 0, 0.0, nbytes)
+
+
+def open_raw(server):
+    sock = socket.create_connection(server.address, timeout=10)
+    return sock
+
+
+def closed_by_server(sock, timeout=10.0):
+    """True once the server has closed ``sock`` (reads EOF or reset within ``timeout``)."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def handshake(sock, token, layout):
+    sock.sendall(raw_hello(token, layout))
+    magic, status, _, _ = protocol.WELCOME.unpack(sock.recv(protocol.WELCOME.size))
+    assert magic == protocol.MAGIC and status == protocol.Status.OK
+
+
+def wrong_magic(sock, token, layout):
+    sock.sendall(raw_hello(token, layout, magic=b"HTTP"))
+
+
+def wrong_version(sock, token, layout):
+    sock.sendall(raw_hello(token, layout, version=99))
+
+
+def wrong_token(sock, token, layout):
+    sock.sendall(raw_hello(bytes(len(token)), layout))
+
+
+def wrong_layout(sock, token, layout):
+    other = protocol.Layout(((layout.num_params + 1,),), ("float32",))
+    sock.sendall(raw_hello(token, other))
+
+
+def worker_out_of_range(sock, token, layout):
+    sock.sendall(raw_hello(token, layout, worker=7))
+
+
+def truncated_frame(sock, token, layout):
+    handshake(sock, token, layout)
+    sock.sendall(request(protocol.Op.COMMIT, layout.nbytes) + b"\x00" * 8)
+    sock.shutdown(socket.SHUT_WR)  # half a payload, then the peer gives up
+
+
+def oversized_frame(sock, token, layout):
+    handshake(sock, token, layout)
+    sock.sendall(request(protocol.Op.COMMIT, 1 << 40))  # a terabyte, never allocated
+
+
+def unknown_op(sock, token, layout):
+    handshake(sock, token, layout)
+    sock.sendall(request(77, 0))
+
+
+def non_finite_update(sock, token, layout):
+    handshake(sock, token, layout)
+    bad = np.full(layout.num_params, np.nan, dtype=np.float32)
+    sock.sendall(request(protocol.Op.COMMIT, layout.nbytes) + bad.tobytes())
+
+
+def garbage(sock, token, layout):
+    sock.sendall(np.random.default_rng(5).bytes(500))
+
+
+ATTACKS = [wrong_magic, wrong_version, wrong_token, wrong_layout, worker_out_of_range,
+           truncated_frame, oversized_frame, unknown_op, non_finite_update, garbage]
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda f: f.__name__)
+def test_bad_peer_is_closed_and_the_good_worker_keeps_training(attack):
+    size = 1000
+    with running_server(algorithms.DOWNPOUR(), np.zeros(size)) as (server, layout, token):
+        good = GoodWorker(server, layout, token)
+        good.start()
+        time.sleep(0.05)
+        sock = open_raw(server)
+        try:
+            attack(sock, token, layout)
+            assert closed_by_server(sock), f"{attack.__name__}: connection left open"
+        finally:
+            sock.close()
+        good.stop.set()
+        good.join(timeout=30)
+        assert good.error is None, good.error
+        # every good commit applied once, nothing from the bad peer
+        assert server.clock == good.commits
+        assert_array_equal(server.center, np.full(size, good.commits, dtype=np.float32))
+        assert server.error is None
+
+
+def test_bad_token_error_is_clear_for_a_real_client():
+    with running_server(algorithms.DOWNPOUR(), np.zeros(4)) as (server, layout, _):
+        with pytest.raises(WorkerError, match="authentication failed"):
+            ServerLink(server.address, protocol.new_token(), layout, worker=0)
+
+
+def test_slow_handshake_is_cut_off():
+    config = ServerConfig(handshake_timeout=0.5)
+    with running_server(algorithms.DOWNPOUR(), np.zeros(4), config=config) as (server, layout,
+                                                                               token):
+        sock = open_raw(server)
+        hello = raw_hello(token, layout)
+        started = time.monotonic()
+        try:
+            for i in range(10):  # one byte every 0.2 s: slower than the deadline allows
+                sock.sendall(hello[i:i + 1])
+                time.sleep(0.2)
+        except OSError:
+            pass
+        assert closed_by_server(sock, timeout=5)
+        assert time.monotonic() - started < 5
+        sock.close()
+
+
+def test_connection_flood_is_bounded():
+    config = ServerConfig(max_connections=4, handshake_timeout=2)
+    with running_server(algorithms.DOWNPOUR(), np.zeros(4), config=config) as (server, *_):
+        socks = [open_raw(server) for _ in range(12)]
+        time.sleep(0.5)
+        assert len(server._connections) <= 4
+        assert server.rejected_connections >= 8
+        for s in socks:
+            s.close()
+
+
+def test_stop_frees_the_port_and_ends_every_thread():
+    with running_server(algorithms.DOWNPOUR(), np.zeros(4)) as (server, layout, token):
+        link = ServerLink(server.address, token, layout, worker=0)
+        link.pull()
+        port = server.address[1]
+    # server stopped by the context manager while a client was still connected
+    assert not [t for t in threading.enumerate() if t.name.startswith("distkeras-ps")]
+    # a new server can listen on the very same port at once (connections in TIME_WAIT do not
+    # block a listener that sets SO_REUSEADDR, as the server does)
+    from distkeras.parameter_server import ParameterServer
+
+    again = ParameterServer(np.zeros(4, np.float32), layout, algorithms.DOWNPOUR(), 1, token,
+                            port=port).start()
+    assert again.address[1] == port
+    again.stop()
+    with pytest.raises((OSError, WorkerError, protocol.ProtocolError)):
+        link.pull()
+
+
+def test_struct_sizes_are_stable():
+    # part of the protocol: changing a header size must bump protocol.VERSION
+    assert (protocol.HELLO.size, protocol.WELCOME.size, protocol.REQUEST.size,
+            protocol.REPLY.size) == (88, 24, 40, 24)
+    assert struct.calcsize("<f") == protocol.DTYPE.itemsize
