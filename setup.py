@@ -18,6 +18,7 @@ setup(
         "pandas>=2",
     ],
     extras_require={
+        "demo": ["mlxtend>=0.23"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "mlxtend>=0.23", "scikit-learn>=1.4",
                  "ruff>=0.5"],
         "plots": ["matplotlib>=3.8"],

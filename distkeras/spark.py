@@ -61,6 +61,16 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", **conf: str
     return session
 
 
+def get_session(num_workers: int = 2, app_name: str = "distkeras"):
+    """The session ``spark-submit`` made for this script, else a :func:`local_session`."""
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit / pyspark shell
+        worker_environment()
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.appName(app_name).getOrCreate()
+    return local_session(num_workers, app_name)
+
+
 def driver_address(spark) -> tuple[str, str]:
     """(address to bind, address workers connect to), as Spark itself uses for the driver."""
     conf = spark.sparkContext.getConf()

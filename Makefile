@@ -1,0 +1,35 @@
+# The two commands of the README. Both create .venv with the interpreter named by PYTHON.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench clean java
+
+java:
+	@command -v java >/dev/null 2>&1 || [ -x "$$JAVA_HOME/bin/java" ] || { \
+	  echo "error: Spark needs Java 17: install it (apt-get install openjdk-17-jre-headless) or set JAVA_HOME" >&2; exit 1; }
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.demo: $(BIN)/python setup.py
+	$(BIN)/pip install --quiet -e ".[demo]"
+	touch $@
+
+$(VENV)/.test: $(BIN)/python setup.py
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: java $(VENV)/.demo
+	$(BIN)/python examples/mnist.py --trainer ADAG --workers 2 --epochs 5
+
+test: java $(VENV)/.test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check distkeras tests bench examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache spark-warehouse
