@@ -63,6 +63,8 @@ def emit(record: dict[str, Any], out: str | None = None) -> None:
     line = json.dumps({key: _clean(value) for key, value in record.items()}, sort_keys=False)
     print(line, flush=True)
     if out:
+        folder = os.path.dirname(os.path.abspath(out))
+        os.makedirs(folder, exist_ok=True)
         with open(out, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 

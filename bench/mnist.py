@@ -206,6 +206,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="rows of the warm-up run that loads TensorFlow in Spark's "
                              "Python workers (0: no warm-up)")
     parser.add_argument("--no-fit", action="store_true", help="skip the model.fit baseline")
+    parser.add_argument("--onednn", choices=("0", "1"), default="0",
+                        help="TF_ENABLE_ONEDNN_OPTS for model.fit AND the Spark workers "
+                             "(default 0: what distkeras.local_session gives its workers)")
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
     if not 1 <= args.train_rows <= TRAIN:
@@ -218,7 +221,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Same TensorFlow settings in this process (model.fit) and in Spark's Python workers,
+    # which inherit this environment: set before TensorFlow is imported.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = args.onednn
     trainers = [name.strip() for name in args.trainers.split(",") if name.strip()]
     import distkeras
 
@@ -229,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     common = {"bench": "mnist", "repeat": args.repeat, "train_rows": args.train_rows,
               "samples_per_epoch": args.train_rows * args.repeat, "test_rows": HOLDOUT,
               "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
-              "spark_slots": args.workers}
+              "spark_slots": args.workers, "onednn": args.onednn}
     x, y, x_test, y_test = load_data(args.seed, args.train_rows)
     weights = build_model(args.seed).get_weights()
 

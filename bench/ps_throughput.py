@@ -127,7 +127,7 @@ def client_run(request: dict[str, Any], link_class: type,
 class ClientPool:
     """``size`` client processes, started once and reused for every configuration."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int) -> None:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
         command = [sys.executable, os.path.abspath(__file__), "--client"]
         self.procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

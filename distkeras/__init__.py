@@ -14,6 +14,7 @@ from .trainers import (
     EASGD,
     AveragingTrainer,
     DynSGD,
+    EnsembleTrainer,
     SingleTrainer,
     Trainer,
 )
@@ -22,6 +23,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ADAG", "AEASGD", "AGN", "DOWNPOUR", "EAMSGD", "EASGD", "Algorithm", "AveragingTrainer",
-    "DataError", "DynSGD", "History", "ParameterServer", "ServerConfig", "SingleTrainer",
-    "Trainer", "TrainingAborted", "local_session",
+    "DataError", "DynSGD", "EnsembleTrainer", "History", "ParameterServer", "ServerConfig",
+    "SingleTrainer", "Trainer", "TrainingAborted", "local_session",
 ]

@@ -105,6 +105,14 @@ class Replace(Algorithm):
         c[:] = update
 
 
+class Independent(Algorithm):
+    """No exchange at all: every worker trains its own model (an ensemble). The worker only
+    reports its loss and samples for the history; the centre variable never changes."""
+
+    def exchange(self, link, w, w0, steps):
+        link.metrics(link.loss, link.samples)
+
+
 class DOWNPOUR(Algorithm):
     """Dean et al. 2012. Worker: ``send W - W0; W <- W0 <- C``. Server: ``C <- C + delta``.
 

@@ -35,7 +35,6 @@ class ServerConfig:
     idle_timeout: float = 3600.0  # longest silence between two frames of a worker
     round_timeout: float = 600.0  # longest wait for the other workers of a synchronous round
     max_connections: int | None = None  # default: 4 per worker + 8
-    tolerate_worker_loss: bool = False  # synchronous: go on without a worker that vanished
 
 
 class ParameterServer:
@@ -223,7 +222,9 @@ class ParameterServer:
                                          f"{expected if op in wire.Op.WITH_PAYLOAD else 0}")
             if op in wire.Op.WITH_PAYLOAD:
                 wire.recv_exact(conn, memoryview(inbox), deadline)
-                if not np.isfinite(inbox.sum()):
+                # one fast pass; a float32 sum can overflow on huge finite values, so only
+                # an infinite sum pays for the exact element-wise check
+                if not np.isfinite(inbox.sum()) and not np.isfinite(inbox).all():
                     raise wire.ProtocolError(f"worker {session.worker} sent a non-finite update")
             if op == wire.Op.BYE:
                 self._leave(session)
@@ -273,11 +274,12 @@ class ParameterServer:
         self.algorithm.on_pull(self.center, session)
 
     def _bookkeep(self, session: Session, clock: int, samples: int, cursor: int,
-                  loss: float) -> None:
+                  loss: float, staleness: int | None = None) -> None:
         if cursor > self.cursors.get(session.worker, -1):
             self.cursors[session.worker] = cursor
-        self.history.add_commit(session.worker, clock + 1, clock - session.pulled_clock,
-                                loss, samples)
+        if staleness is None:
+            staleness = clock - session.pulled_clock
+        self.history.add_commit(session.worker, clock + 1, staleness, loss, samples)
 
     def _commit_round(self, op, session, update, outbox, samples, cursor, loss):
         with self._round:
@@ -287,7 +289,8 @@ class ParameterServer:
             self.clock += 1
             self.algorithm.round_add(self._round_acc, update, samples)
             self._arrived.add(session.worker)
-            self._bookkeep(session, clock, samples, cursor, loss)
+            # every member computed its update from the previous round's centre: no staleness
+            self._bookkeep(session, clock, samples, cursor, loss, staleness=0)
             my_round = self._round_no
             self._maybe_end_round()
             while self._round_no == my_round and self.error is None \
@@ -327,13 +330,13 @@ class ParameterServer:
             self._maybe_end_round()
 
     def _lost(self, session: Session) -> None:
-        """A worker's connection ended without bye (killed task, crash, network)."""
+        """A worker's connection ended without bye (killed task, crash, network).
+
+        Asynchronous training goes on (a retried task resumes from the partition's cursor).
+        A synchronous round cannot complete without the worker, so the run fails at once with
+        an error that names it rather than waiting for it.
+        """
         if self._stopping.is_set() or not self.algorithm.synchronous:
             return
-        if self.config.tolerate_worker_loss:
-            log.warning("distkeras: worker %d vanished; the synchronous rounds go on "
-                        "without it", session.worker)
-            self._leave(session)
-        else:
-            self.abort(f"worker {session.worker} (attempt {session.attempt}) lost its "
-                       f"connection in the middle of synchronous training")
+        self.abort(f"worker {session.worker} (attempt {session.attempt}) lost its connection "
+                   f"in the middle of synchronous training; the run stops rather than wait")

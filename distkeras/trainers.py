@@ -40,6 +40,10 @@ class Trainer:
     default_window: float = 5
     #: one partition, no matter what ``num_workers`` says (SingleTrainer)
     single_worker = False
+    #: exchange at the end of every epoch as well as every window (model averaging)
+    exchange_each_epoch = False
+    #: workers send their final weights back with the task result (ensembles)
+    returns_replicas = False
 
     def __init__(self, keras_model: keras.Model, worker_optimizer: Any = None,
                  loss: Any = None, metrics: Sequence | None = None, num_workers: int = 2,
@@ -78,8 +82,12 @@ class Trainer:
         return self._training_time
 
     # ---- the run ----------------------------------------------------------------------
-    def train(self, dataframe, shuffle: bool | None = None) -> keras.Model:
-        """Train on ``dataframe`` and return a keras.Model holding the final centre variable."""
+    def train(self, dataframe, shuffle: bool | None = None, repartition: bool = True):
+        """Train on ``dataframe`` and return a keras.Model holding the final centre variable.
+
+        ``repartition=False`` keeps the DataFrame's own partitions (one worker each; their
+        number must equal ``num_workers``) instead of spreading rows evenly over the workers.
+        """
         started = time.time()
         shuffle = self.shuffle if shuffle is None else shuffle
         spark = dataframe.sparkSession
@@ -102,9 +110,10 @@ class Trainer:
         try:
             spec = WorkerSpec(bp, self.algorithm, plan, layout, (host, server.address[1]),
                               token, self.batch_size, self.num_epoch, self.communication_window,
-                              shuffle, self.seed)
+                              self.exchange_each_epoch, self.returns_replicas, shuffle,
+                              self.seed)
             shipped = sc.broadcast(spec)
-            rdd = self._partitioned(dataframe.select(*plan.names)).rdd
+            rdd = self._partitioned(dataframe.select(*plan.names), repartition).rdd
             print_(f"distkeras: {type(self).__name__} on {self.num_workers} worker(s), "
                    f"{layout.num_params:,} parameters, server {host}:{server.address[1]}")
             sc.setJobGroup(group, f"distkeras {type(self).__name__}", interruptOnCancel=True)
@@ -124,19 +133,29 @@ class Trainer:
             server.stop()
         if server.error:
             raise TrainingAborted(server.error)
-        model = bp.build()
-        model.set_weights(layout.unflatten(center))
+        model = self._result(bp, layout, center)
         self._training_time = time.time() - started
         print_(f"distkeras: trained in {self._training_time:.1f}s, "
                f"{self.history.samples_applied:,} samples applied in "
                f"{len(self.history.commits):,} commits")
         return model
 
+    def _result(self, bp, layout, center):
+        model = bp.build()
+        model.set_weights(layout.unflatten(center))
+        return model
+
     def _compiled_loss(self):
         config = getattr(self.keras_model, "_compile_config", None)
         return config.config.get("loss") if config is not None else None
 
-    def _partitioned(self, dataframe):
+    def _partitioned(self, dataframe, repartition: bool = True):
+        if not repartition:
+            found = dataframe.rdd.getNumPartitions()
+            if found != self.num_workers:
+                raise ValueError(f"repartition=False: the DataFrame has {found} partitions "
+                                 f"but num_workers is {self.num_workers}")
+            return dataframe
         if self.single_worker:
             return dataframe.coalesce(1)
         return dataframe.repartition(self.num_workers)
@@ -237,14 +256,63 @@ class EAMSGD(AEASGD):
 
 
 class AveragingTrainer(Trainer):
-    """Synchronous model averaging: every epoch, C <- sample-weighted mean of the replicas."""
+    """Synchronous model averaging: every epoch each worker trains from the centre C over its
+    partition, then C <- the sample-weighted mean of the replicas.
+
+    Every replica restarts each epoch from the same C; its optimizer state (e.g. Adam's
+    moments) is kept per worker from epoch to epoch, as ``model.fit`` would keep it. The
+    default window is one epoch; a ``communication_window`` averages more often.
+    """
+
+    default_window = math.inf
+    exchange_each_epoch = True
 
     def _algorithm(self):
         return algorithms.ModelAveraging()
 
 
 class EASGD(AEASGD):
-    """Synchronous elastic averaging SGD (Zhang et al. 2015)."""
+    """Synchronous elastic averaging SGD (Zhang et al. 2015): every ``communication_window``
+    steps all workers meet at the server."""
+
+    default_window = 8
 
     def _algorithm(self):
         return algorithms.EASGD(rho=self.rho, learning_rate=self.learning_rate)
+
+
+class EnsembleTrainer(Trainer):
+    """``num_ensembles`` independent models, one per partition; ``train`` returns the list.
+
+    :meth:`average` turns that list into one Keras model whose prediction is the mean of
+    the members' predictions.
+    """
+
+    default_window = math.inf
+    returns_replicas = True
+
+    def __init__(self, keras_model, *args, num_ensembles: int = 2, **kwargs):
+        kwargs["num_workers"] = _positive_int("num_ensembles", num_ensembles)
+        super().__init__(keras_model, *args, **kwargs)
+        self.num_ensembles = self.num_workers
+
+    def _algorithm(self):
+        return algorithms.Independent()
+
+    def _result(self, bp, layout, center):
+        members = []
+        for report in sorted(self.worker_reports, key=lambda r: r["worker"]):
+            member = bp.build()
+            member.set_weights(layout.unflatten(report["weights"]))
+            member.name = f"{member.name}_member_{report['worker']}"  # unique when combined
+            members.append(member)
+        return members
+
+    @staticmethod
+    def average(members: Sequence[keras.Model]) -> keras.Model:
+        """One model whose output is the mean of the members' outputs."""
+        inputs = [keras.Input(tuple(t.shape[1:]), dtype=t.dtype) for t in members[0].inputs]
+        feed = inputs[0] if len(inputs) == 1 else inputs
+        outputs = [member(feed) for member in members]
+        return keras.Model(inputs, keras.layers.Average()(outputs) if len(outputs) > 1
+                           else outputs[0])

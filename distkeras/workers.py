@@ -102,6 +102,8 @@ class WorkerSpec:
     batch_size: int
     num_epoch: int
     window: float  # local steps between exchanges (math.inf: only at the end)
+    exchange_each_epoch: bool  # also exchange at the end of every epoch (model averaging)
+    return_weights: bool  # send the replica's final weights back with the task result
     shuffle: bool
     seed: int
 
@@ -158,6 +160,12 @@ def train_partition(spec: WorkerSpec, partition: int, rows: Iterable,
                     commits += 1
                     trained += window_samples
                     steps, window_loss, window_samples = 0, 0.0, 0
+            if spec.exchange_each_epoch and steps:
+                _exchange(spec, model, link, w, w0, steps, window_loss, window_samples,
+                          (epoch + 1) * batches_per_epoch - 1)
+                commits += 1
+                trained += window_samples
+                steps, window_loss, window_samples = 0, 0.0, 0
         if steps:  # the last partial window is committed, not dropped
             _exchange(spec, model, link, w, w0, steps, window_loss, window_samples,
                       spec.num_epoch * batches_per_epoch - 1)
@@ -167,6 +175,7 @@ def train_partition(spec: WorkerSpec, partition: int, rows: Iterable,
     finally:
         link.close()
     return {"worker": partition, "attempt": attempt, "rows": num_rows, "commits": commits,
+            "weights": w if spec.return_weights else None,
             "samples": trained, "resumed_after": resume_after, "started": started,
             "first_batch": first_batch_at, "finished": time.time(), "host": socket.gethostname(),
             "pid": os.getpid()}
