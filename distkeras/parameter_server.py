@@ -20,6 +20,7 @@ import numpy as np
 from . import protocol as wire
 from .algorithms import Algorithm, Session
 from .history import History
+from .shared_memory import Segment
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class ServerConfig:
     idle_timeout: float = 3600.0  # longest silence between two frames of a worker
     round_timeout: float = 600.0  # longest wait for the other workers of a synchronous round
     max_connections: int | None = None  # default: 4 per worker + 8
+    shared_memory: bool = True  # offer same-host workers a shared-memory payload path
 
 
 class ParameterServer:
@@ -155,13 +157,12 @@ class ParameterServer:
             thread.start()
 
     def _serve(self, conn: socket.socket, peer) -> None:
-        session = None
+        session = segment = None
         clean = False
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            session = self._handshake(conn)
-            if session is not None:
-                clean = self._serve_frames(conn, session)
+            session, segment = self._handshake(conn)
+            clean = self._serve_frames(conn, session, segment)
         except (wire.ProtocolError, OSError, ValueError) as error:
             if not self._stopping.is_set():
                 log.warning("distkeras parameter server closed connection from %s: %s",
@@ -171,15 +172,17 @@ class ParameterServer:
         finally:
             with contextlib.suppress(OSError):
                 conn.close()
+            if segment is not None:
+                segment.close()
             with self._lock:
                 self._connections.discard(conn)
             if session is not None and not clean:
                 self._lost(session)
             self._threads.discard(threading.current_thread())
 
-    def _handshake(self, conn: socket.socket) -> Session | None:
+    def _handshake(self, conn: socket.socket) -> tuple[Session, Segment | None]:
         deadline = time.monotonic() + self.config.handshake_timeout
-        magic, version, _, token, digest, worker, attempt, num_params = wire.recv_struct(
+        magic, version, flags, token, digest, worker, attempt, num_params = wire.recv_struct(
             conn, wire.HELLO, deadline)
         if magic != wire.MAGIC:
             raise wire.ProtocolError("bad magic in handshake")
@@ -196,12 +199,22 @@ class ParameterServer:
         with self._lock:
             cursor = self.cursors.get(worker, -1)
             clock = self.clock
-        conn.sendall(wire.WELCOME.pack(wire.MAGIC, status, clock, cursor))
+        segment = None
+        if status == wire.Status.OK and flags & wire.Flag.SHARED and self.config.shared_memory:
+            segment = Segment.create(self.layout.num_params)
+        path = segment.path.encode() if segment is not None else b""
+        try:
+            conn.sendall(wire.WELCOME.pack(wire.MAGIC, status, clock, cursor, path))
+        except OSError:
+            if segment is not None:
+                segment.close()
+            raise
         if status != wire.Status.OK:
             raise wire.ProtocolError(wire.Status.MESSAGES[status])
-        return Session(worker=int(worker), attempt=int(attempt), pulled_clock=clock)
+        return Session(worker=int(worker), attempt=int(attempt), pulled_clock=clock), segment
 
-    def _serve_frames(self, conn: socket.socket, session: Session) -> bool:
+    def _serve_frames(self, conn: socket.socket, session: Session,
+                      segment: Segment | None) -> bool:
         """Serve one worker until it says bye (True) or the connection ends (exception)."""
         inbox = np.empty(self.layout.num_params, dtype=wire.DTYPE)
         outbox = np.empty(self.layout.num_params, dtype=wire.DTYPE)
@@ -212,32 +225,42 @@ class ParameterServer:
             first = conn.recv_into(header, 1)
             if first == 0:
                 raise wire.ProtocolError("connection closed without bye")
+            if segment is not None:
+                segment.unlink()  # the worker had its chance to map it; leave nothing behind
             deadline = time.monotonic() + self.config.frame_timeout
             wire.recv_exact(conn, memoryview(header)[1:], deadline)
-            op, _, samples, cursor, _, loss, nbytes = wire.REQUEST.unpack(header)
+            op, flags, samples, cursor, _, loss, nbytes = wire.REQUEST.unpack(header)
             if op not in wire.Op.ALL:
                 raise wire.ProtocolError(f"unknown op code {op}")
             if nbytes != (expected if op in wire.Op.WITH_PAYLOAD else 0):
                 raise wire.ProtocolError(f"op {op}: payload of {nbytes} bytes, expected "
                                          f"{expected if op in wire.Op.WITH_PAYLOAD else 0}")
+            shared = bool(flags & wire.Flag.SHARED)
+            if shared and segment is None:
+                raise wire.ProtocolError("shared-memory frame without a shared segment")
+            update = segment.to_server if shared else inbox
+            reply = segment.to_worker if shared else outbox
             if op in wire.Op.WITH_PAYLOAD:
-                wire.recv_exact(conn, memoryview(inbox), deadline)
+                if not shared:
+                    wire.recv_exact(conn, memoryview(inbox), deadline)
                 # one fast pass; a float32 sum can overflow on huge finite values, so only
                 # an infinite sum pays for the exact element-wise check
-                if not np.isfinite(inbox.sum()) and not np.isfinite(inbox).all():
+                if not np.isfinite(update.sum()) and not np.isfinite(update).all():
                     raise wire.ProtocolError(f"worker {session.worker} sent a non-finite update")
             if op == wire.Op.BYE:
                 self._leave(session)
-                conn.sendall(wire.REPLY.pack(wire.Status.OK, self.clock, 0))
+                conn.sendall(wire.REPLY.pack(wire.Status.OK, 0, self.clock, 0))
                 return True
-            status, clock = self._handle(op, session, inbox, outbox, samples, cursor, loss)
+            status, clock = self._handle(op, session, update, reply, samples, cursor, loss)
             if status != wire.Status.OK:
-                conn.sendall(wire.REPLY.pack(status, clock, 0))
+                conn.sendall(wire.REPLY.pack(status, 0, clock, 0))
                 return True
-            if op in wire.Op.WITH_REPLY_PAYLOAD:
-                wire.send_frame(conn, wire.REPLY.pack(status, clock, expected), outbox)
+            if op not in wire.Op.WITH_REPLY_PAYLOAD:
+                conn.sendall(wire.REPLY.pack(status, 0, clock, 0))
+            elif shared:
+                conn.sendall(wire.REPLY.pack(status, wire.Flag.SHARED, clock, expected))
             else:
-                conn.sendall(wire.REPLY.pack(status, clock, 0))
+                wire.send_frame(conn, wire.REPLY.pack(status, 0, clock, expected), outbox)
         return True
 
     # ---- operations ----------------------------------------------------------------

@@ -25,17 +25,24 @@ TOKEN_BYTES = 32
 DIGEST_BYTES = 32
 DTYPE = np.dtype("<f4")
 
-# Handshake, client -> server: magic, version, reserved, token, layout digest, worker id
-# (the Spark partition), task attempt, number of float32 parameters.
+# Handshake, client -> server: magic, version, flags (Flag.SHARED: the worker can map shared
+# memory), token, layout digest, worker id (the Spark partition), task attempt, number of
+# float32 parameters.
 HELLO = struct.Struct("<4sHH32s32sIIQ")
 # Handshake, server -> client: magic, status, server clock, resume cursor of this partition
-# (index of the last batch whose update reached the centre variable, -1 for none).
-WELCOME = struct.Struct("<4sB3xqq")
-# Request: op, flags, samples in this commit, cursor (last batch covered), clock of the
+# (index of the last batch whose update reached the centre variable, -1 for none), and the
+# path of a shared-memory segment offered to a worker on the same host (empty: none).
+WELCOME = struct.Struct("<4sB3xqq64s")
+# Request: op, flags (Flag.SHARED: the payload and the reply's payload are in shared memory),
+# samples in this commit, cursor (last batch covered), clock of the
 # worker's last pull, mean training loss over the window, payload size in bytes.
 REQUEST = struct.Struct("<BB2xIqqdQ")
-# Reply: status, server clock after the operation, payload size in bytes.
-REPLY = struct.Struct("<B7xqQ")
+# Reply: status, flags, server clock after the operation, payload size in bytes.
+REPLY = struct.Struct("<BB6xqQ")
+
+
+class Flag:
+    SHARED = 1  # payload is in the connection's shared-memory segment, not on the socket
 
 
 class Op:

@@ -18,6 +18,7 @@ from . import protocol as wire
 from .algorithms import Algorithm
 from .data import ColumnPlan
 from .models import ModelBlueprint
+from .shared_memory import Segment
 
 
 class WorkerError(RuntimeError):
@@ -28,32 +29,42 @@ class ServerLink:
     """A worker's connection to the parameter server: handshake, then framed requests."""
 
     def __init__(self, address: tuple[str, int], token: bytes, layout: wire.Layout,
-                 worker: int, attempt: int = 0, timeout: float = 3600.0):
+                 worker: int, attempt: int = 0, timeout: float = 3600.0,
+                 shared_memory: bool = True):
         self.layout = layout
         self.worker = worker
         self._sock = wire.connect(address, timeout=timeout)
         self._reply = bytearray(wire.REPLY.size)
         self._inbox = np.empty(layout.num_params, dtype=wire.DTYPE)
-        self._sock.sendall(wire.HELLO.pack(wire.MAGIC, wire.VERSION, 0, token,
+        flags = wire.Flag.SHARED if shared_memory else 0
+        self._sock.sendall(wire.HELLO.pack(wire.MAGIC, wire.VERSION, flags, token,
                                            layout.digest(), worker, attempt, layout.num_params))
-        magic, status, self.clock, self.cursor = wire.recv_struct(self._sock, wire.WELCOME)
+        magic, status, self.clock, self.cursor, path = wire.recv_struct(self._sock,
+                                                                        wire.WELCOME)
         if magic != wire.MAGIC:
             raise WorkerError(f"{address} is not a distkeras parameter server")
         if status != wire.Status.OK:
             self.close()
             raise WorkerError(f"worker {worker}: {wire.Status.MESSAGES.get(status, status)}")
+        path = path.rstrip(b"\0").decode("ascii", "replace")
+        # same host as the server: payloads go through shared memory, headers by socket
+        self.segment = Segment.attach(path, layout.num_params) if path else None
         # metadata of the next commit, set by the worker loop before each exchange
         self.samples, self.last_batch, self.loss = 0, -1, 0.0
 
     def _request(self, op: int, payload: np.ndarray | None = None) -> np.ndarray | None:
-        nbytes = payload.nbytes if payload is not None else 0
-        header = wire.REQUEST.pack(op, 0, self.samples, self.last_batch, self.clock,
-                                   self.loss, nbytes)
-        if payload is not None:
+        shared = self.segment is not None
+        nbytes = self.layout.nbytes if payload is not None else 0
+        header = wire.REQUEST.pack(op, wire.Flag.SHARED if shared else 0, self.samples,
+                                   self.last_batch, self.clock, self.loss, nbytes)
+        if payload is not None and shared:
+            np.copyto(self.segment.to_server, payload)
+            payload = None
+        elif payload is not None:
             payload = np.ascontiguousarray(payload, dtype=wire.DTYPE)
         wire.send_frame(self._sock, header, payload)
         wire.recv_exact(self._sock, memoryview(self._reply))
-        status, self.clock, size = wire.REPLY.unpack(self._reply)
+        status, flags, self.clock, size = wire.REPLY.unpack(self._reply)
         if status != wire.Status.OK:
             raise WorkerError(f"worker {self.worker}: "
                               f"{wire.Status.MESSAGES.get(status, f'status {status}')}")
@@ -61,6 +72,8 @@ class ServerLink:
             if size != self.layout.nbytes:
                 raise wire.ProtocolError(f"server sent {size} bytes, expected "
                                          f"{self.layout.nbytes}")
+            if flags & wire.Flag.SHARED and shared:
+                return self.segment.to_worker
             wire.recv_exact(self._sock, memoryview(self._inbox))
             return self._inbox
         return None
@@ -87,6 +100,9 @@ class ServerLink:
             self._sock.close()
         except OSError:
             pass
+        if self.__dict__.get("segment") is not None:
+            self.segment.close()
+            self.segment = None
 
 
 @dataclass(frozen=True)

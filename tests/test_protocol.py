@@ -43,14 +43,16 @@ def test_layout_digest_tells_shapes_apart():
     assert a.num_params == b.num_params and a.digest() != b.digest()
 
 
-def test_model_weights_cross_the_wire_bit_for_bit():
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-memory", "socket"])
+def test_model_weights_cross_the_wire_bit_for_bit(shared):
     weights = multi_layer_model().get_weights()
     layout = protocol.Layout.of(weights)
     center = layout.flatten(weights)
     rng = np.random.default_rng(1)
     with running_server(algorithms.DOWNPOUR(), center) as (server, _, token):
         server.layout, server._digest = layout, layout.digest()
-        link = ServerLink(server.address, token, layout, worker=0)
+        link = ServerLink(server.address, token, layout, worker=0, shared_memory=shared)
+        assert (link.segment is not None) == shared
         pulled = link.pull()
         for original, back in zip(weights, layout.unflatten(pulled)):
             assert_array_equal(back, original)
@@ -114,7 +116,7 @@ def closed_by_server(sock, timeout=10.0):
 
 def handshake(sock, token, layout):
     sock.sendall(raw_hello(token, layout))
-    magic, status, _, _ = protocol.WELCOME.unpack(sock.recv(protocol.WELCOME.size))
+    magic, status, *_ = protocol.WELCOME.unpack(sock.recv(protocol.WELCOME.size))
     assert magic == protocol.MAGIC and status == protocol.Status.OK
 
 
@@ -161,12 +163,18 @@ def non_finite_update(sock, token, layout):
     sock.sendall(request(protocol.Op.COMMIT, layout.nbytes) + bad.tobytes())
 
 
+def shared_flag_without_segment(sock, token, layout):
+    handshake(sock, token, layout)  # raw HELLO asks for no shared memory
+    sock.sendall(protocol.REQUEST.pack(protocol.Op.PULL, protocol.Flag.SHARED, 0, 0, 0, 0.0, 0))
+
+
 def garbage(sock, token, layout):
     sock.sendall(np.random.default_rng(5).bytes(500))
 
 
 ATTACKS = [wrong_magic, wrong_version, wrong_token, wrong_layout, worker_out_of_range,
-           truncated_frame, oversized_frame, unknown_op, non_finite_update, garbage]
+           truncated_frame, oversized_frame, unknown_op, non_finite_update,
+           shared_flag_without_segment, garbage]
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda f: f.__name__)
@@ -189,6 +197,19 @@ def test_bad_peer_is_closed_and_the_good_worker_keeps_training(attack):
         assert server.clock == good.commits
         assert_array_equal(server.center, np.full(size, good.commits, dtype=np.float32))
         assert server.error is None
+
+
+def test_shared_memory_segment_is_unlinked_after_the_first_frame():
+    import glob
+
+    before = set(glob.glob("/dev/shm/distkeras-*"))
+    with running_server(algorithms.DOWNPOUR(), np.zeros(8)) as (server, layout, token):
+        link = ServerLink(server.address, token, layout, worker=0)
+        assert link.segment is not None
+        link.commit_and_pull(np.ones(8, np.float32))
+        assert set(glob.glob("/dev/shm/distkeras-*")) == before
+        assert_array_equal(link.pull(), np.ones(8))
+        link.bye()
 
 
 def test_bad_token_error_is_clear_for_a_real_client():
@@ -248,5 +269,5 @@ def test_stop_frees_the_port_and_ends_every_thread():
 def test_struct_sizes_are_stable():
     # part of the protocol: changing a header size must bump protocol.VERSION
     assert (protocol.HELLO.size, protocol.WELCOME.size, protocol.REQUEST.size,
-            protocol.REPLY.size) == (88, 24, 40, 24)
+            protocol.REPLY.size) == (88, 88, 40, 24)
     assert struct.calcsize("<f") == protocol.DTYPE.itemsize
