@@ -206,9 +206,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="rows of the warm-up run that loads TensorFlow in Spark's "
                              "Python workers (0: no warm-up)")
     parser.add_argument("--no-fit", action="store_true", help="skip the model.fit baseline")
-    parser.add_argument("--onednn", choices=("0", "1"), default="0",
+    parser.add_argument("--onednn", choices=("0", "1"), default="1",
                         help="TF_ENABLE_ONEDNN_OPTS for model.fit AND the Spark workers "
-                             "(default 0: what distkeras.local_session gives its workers)")
+                             "(default 1: TensorFlow's own default)")
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
     if not 1 <= args.train_rows <= TRAIN:
