@@ -243,9 +243,7 @@ class ParameterServer:
             if op in wire.Op.WITH_PAYLOAD:
                 if not shared:
                     wire.recv_exact(conn, memoryview(inbox), deadline)
-                # one fast pass; a float32 sum can overflow on huge finite values, so only
-                # an infinite sum pays for the exact element-wise check
-                if not np.isfinite(update.sum()) and not np.isfinite(update).all():
+                if not wire.all_finite(update):
                     raise wire.ProtocolError(f"worker {session.worker} sent a non-finite update")
             if op == wire.Op.BYE:
                 self._leave(session)

@@ -125,6 +125,13 @@ class Layout:
         return arrays
 
 
+def all_finite(array: np.ndarray) -> bool:
+    """True when no element is NaN or inf. One BLAS pass (a dot product is NaN/inf as soon as
+    one element is); only when it is not finite, which may also be an overflow of huge finite
+    values, does the exact element-wise check run."""
+    return bool(np.isfinite(np.dot(array, array)) or np.isfinite(array).all())
+
+
 def new_token() -> bytes:
     return secrets.token_bytes(TOKEN_BYTES)
 

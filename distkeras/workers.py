@@ -200,7 +200,7 @@ def train_partition(spec: WorkerSpec, partition: int, rows: Iterable,
 def _exchange(spec: WorkerSpec, model, link: ServerLink, w: np.ndarray, w0: np.ndarray,
               steps: int, loss_sum: float, samples: int, last_batch: int) -> None:
     spec.layout.flatten(model.get_weights(), out=w)
-    if not np.isfinite(w.sum()) and not np.isfinite(w).all():
+    if not wire.all_finite(w):
         raise WorkerError(f"worker {link.worker}: the model's weights became NaN/inf by batch "
                           f"{last_batch} (training loss {loss_sum / steps}); lower the learning "
                           f"rate or check the data for NaN/inf")
