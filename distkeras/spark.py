@@ -70,20 +70,33 @@ def get_session(num_workers: int = 2, app_name: str = "distkeras"):
     return local_session(num_workers, app_name)
 
 
-def driver_address(spark) -> tuple[str, str]:
+def is_connect(spark) -> bool:
+    """True for a Spark Connect session (no SparkContext, no RDDs, no broadcasts)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def driver_address(sc) -> tuple[str, str]:
     """(address to bind, address workers connect to), as Spark itself uses for the driver."""
-    conf = spark.sparkContext.getConf()
+    conf = sc.getConf()
     host = conf.get("spark.driver.host", None) or "127.0.0.1"
     bind = conf.get("spark.driver.bindAddress", None) or host
     return bind, host
 
 
-def task_slots(spark) -> int:
-    """How many tasks Spark can run at once right now (for barrier stages)."""
-    sc = spark.sparkContext
-    master = sc.master
-    if master.startswith("local"):
-        inside = master[master.find("[") + 1:master.find("]")] if "[" in master else "1"
-        inside = inside.split(",")[0].strip()
-        return (os.cpu_count() or 1) if inside == "*" else int(inside)
-    return sc.defaultParallelism
+def _local_cores(master: str) -> int | None:
+    if not master.startswith("local"):
+        return None
+    inside = master[master.find("[") + 1:master.find("]")] if "[" in master else "1"
+    inside = inside.split(",")[0].strip()
+    return (os.cpu_count() or 1) if inside == "*" else int(inside)
+
+
+def task_slots(sc, spark=None) -> int | None:
+    """How many tasks Spark can run at once (for barrier stages); None when unknown."""
+    if sc is not None:
+        local = _local_cores(sc.master)
+        return local if local is not None else sc.defaultParallelism
+    try:
+        return _local_cores(spark.conf.get("spark.master"))
+    except Exception:  # noqa: BLE001 - Connect servers may hide the setting
+        return None

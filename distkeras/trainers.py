@@ -17,12 +17,13 @@ import keras
 import numpy as np
 
 from . import algorithms, protocol
-from .data import plan_columns
+from .data import plan_columns, plan_rdd_columns
+from .data import validate as validate_data
 from .history import History
 from .models import blueprint
 from .parameter_server import ParameterServer, ServerConfig, TrainingAborted
-from .spark import driver_address, task_slots
-from .workers import WorkerSpec, run_spark_task
+from .spark import driver_address, is_connect, task_slots
+from .workers import REPORT_SCHEMA, WorkerSpec, run_arrow_task, run_rdd_task
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Trainer:
                  label_col: str | Sequence[str] = "label",
                  communication_window: int | None = None, verbose: int = 1,
                  seed: int | None = None, shuffle: bool = True,
-                 server_config: ServerConfig | None = None):
+                 server_config: ServerConfig | None = None, server_host: str | None = None):
         self.keras_model = keras_model
         self.worker_optimizer = worker_optimizer
         self.loss = loss
@@ -69,6 +70,7 @@ class Trainer:
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         self.shuffle = bool(shuffle)
         self.server_config = server_config or ServerConfig()
+        self.server_host = server_host  # where executors reach the driver, if not Spark's
         self.history = History()
         self.worker_reports: list[dict] = []
         self._training_time = 0.0
@@ -82,63 +84,128 @@ class Trainer:
         return self._training_time
 
     # ---- the run ----------------------------------------------------------------------
-    def train(self, dataframe, shuffle: bool | None = None, repartition: bool = True):
-        """Train on ``dataframe`` and return a keras.Model holding the final centre variable.
+    def train(self, data, shuffle: bool | None = None, repartition: bool = True,
+              validate: bool = True):
+        """Train on ``data`` and return a keras.Model holding the final centre variable.
 
-        ``repartition=False`` keeps the DataFrame's own partitions (one worker each; their
-        number must equal ``num_workers``) instead of spreading rows evenly over the workers.
+        ``data`` is a DataFrame (classic or Spark Connect; workers read it as Arrow record
+        batches) or an RDD of ``(features, label)`` pairs. ``validate`` runs one Spark job
+        first that checks every row (widths, NaN/inf, class indices) so that bad data fail
+        before training. ``repartition=False`` keeps the data's own partitions (one worker
+        each; their number must equal ``num_workers``) instead of spreading rows evenly.
         """
         started = time.time()
         shuffle = self.shuffle if shuffle is None else shuffle
-        spark = dataframe.sparkSession
-        plan = plan_columns(dataframe, self.features_col, self.label_col, self.keras_model,
-                            self.loss if self.loss is not None else self._compiled_loss())
-        print_ = self._say
+        loss = self.loss if self.loss is not None else self._compiled_loss()
+        is_rdd = not hasattr(data, "sparkSession")
+        if is_rdd:
+            spark, sc = None, data.context
+            plan = plan_rdd_columns(data, self.keras_model, loss)
+        else:
+            spark = data.sparkSession
+            sc = None if is_connect(spark) else spark.sparkContext
+            plan = plan_columns(data, self.features_col, self.label_col, self.keras_model, loss)
+            if validate:
+                validate_data(data, plan)
         bp = blueprint(self.keras_model, self.worker_optimizer, self.loss, self.metrics)
         weights = self.keras_model.get_weights()
         layout = protocol.Layout.of(weights)
         center = layout.flatten(weights)
-        self._check_slots(spark)
-        bind, host = driver_address(spark)
+        self._check_slots(sc, spark)
+        bind, host = self._server_address(sc)
         token = protocol.new_token()
         server = ParameterServer(center, layout, self.algorithm, self.num_workers, token,
                                  bind_host=bind, config=self.server_config)
         server.start()
         self.history = server.history
-        sc = spark.sparkContext
-        group = f"distkeras-{uuid.uuid4().hex[:12]}"
+        self._say(f"distkeras: {type(self).__name__} on {self.num_workers} worker(s), "
+                  f"{layout.num_params:,} parameters, server {host}:{server.address[1]}")
+        spec = WorkerSpec(bp, self.algorithm, plan, layout, (host, server.address[1]), token,
+                          self.batch_size, self.num_epoch, self.communication_window,
+                          self.exchange_each_epoch, self.returns_replicas, shuffle, self.seed)
+        tag = f"distkeras-{uuid.uuid4().hex[:12]}"
+        shipped = sc.broadcast(spec) if sc is not None else None
         try:
-            spec = WorkerSpec(bp, self.algorithm, plan, layout, (host, server.address[1]),
-                              token, self.batch_size, self.num_epoch, self.communication_window,
-                              self.exchange_each_epoch, self.returns_replicas, shuffle,
-                              self.seed)
-            shipped = sc.broadcast(spec)
-            rdd = self._partitioned(dataframe.select(*plan.names), repartition).rdd
-            print_(f"distkeras: {type(self).__name__} on {self.num_workers} worker(s), "
-                   f"{layout.num_params:,} parameters, server {host}:{server.address[1]}")
-            sc.setJobGroup(group, f"distkeras {type(self).__name__}", interruptOnCancel=True)
-
-            def task(index, rows):
-                return run_spark_task(shipped.value, index, rows)
-
-            stage = rdd.barrier() if self.algorithm.synchronous else rdd
-            self.worker_reports = stage.mapPartitionsWithIndex(task).collect()
-            shipped.unpersist(blocking=False)
+            self._tag(sc, spark, tag)
+            if is_rdd:
+                self.worker_reports = self._run_rdd(data, spec, shipped, repartition)
+            else:
+                self.worker_reports = self._run_arrow(data, plan, spec, shipped, repartition)
         except BaseException as error:
-            sc.cancelJobGroup(group)
+            self._interrupt(sc, spark, tag)
             if server.error:
                 raise TrainingAborted(server.error) from error
             raise
         finally:
             server.stop()
+            self._untag(sc, spark, tag)
+            if shipped is not None:
+                shipped.unpersist(blocking=False)
         if server.error:
             raise TrainingAborted(server.error)
         model = self._result(bp, layout, center)
         self._training_time = time.time() - started
-        print_(f"distkeras: trained in {self._training_time:.1f}s, "
-               f"{self.history.samples_applied:,} samples applied in "
-               f"{len(self.history.commits):,} commits")
+        self._say(f"distkeras: trained in {self._training_time:.1f}s, "
+                  f"{self.history.samples_applied:,} samples applied in "
+                  f"{len(self.history.commits):,} commits")
         return model
+
+    # ---- the Spark job ------------------------------------------------------------------
+    def _run_arrow(self, dataframe, plan, spec, shipped, repartition) -> list[dict]:
+        frame = plan.arrow_frame(self._partitioned(dataframe.select(*plan.names), repartition))
+
+        if shipped is not None:
+            def task(batches):
+                return run_arrow_task(shipped.value, batches)
+        else:  # Spark Connect: no broadcast; the spec travels with the function
+            def task(batches):
+                return run_arrow_task(spec, batches)
+
+        rows = frame.mapInArrow(task, REPORT_SCHEMA,
+                                barrier=self.algorithm.synchronous).collect()
+        reports = []
+        for row in rows:
+            report = row.asDict()
+            if report["weights"] is not None:
+                report["weights"] = np.frombuffer(report["weights"], dtype=protocol.DTYPE)
+            reports.append(report)
+        return reports
+
+    def _run_rdd(self, rdd, spec, shipped, repartition) -> list[dict]:
+        if repartition:
+            rdd = rdd.coalesce(1) if self.single_worker else rdd.repartition(self.num_workers)
+        elif rdd.getNumPartitions() != self.num_workers:
+            raise ValueError(f"repartition=False: the RDD has {rdd.getNumPartitions()} "
+                             f"partitions but num_workers is {self.num_workers}")
+
+        def task(index, rows):
+            return run_rdd_task(shipped.value, index, rows)
+
+        stage = rdd.barrier() if self.algorithm.synchronous else rdd
+        return stage.mapPartitionsWithIndex(task).collect()
+
+    @staticmethod
+    def _tag(sc, spark, tag: str) -> None:
+        if sc is not None:
+            sc.setJobGroup(tag, "distkeras training", interruptOnCancel=True)
+        else:
+            spark.addTag(tag)
+
+    @staticmethod
+    def _untag(sc, spark, tag: str) -> None:
+        if sc is None:
+            spark.removeTag(tag)
+
+    @staticmethod
+    def _interrupt(sc, spark, tag: str) -> None:
+        """Cancel this run's Spark jobs (KeyboardInterrupt, a failed task, a server abort)."""
+        try:
+            if sc is not None:
+                sc.cancelJobGroup(tag)
+            else:
+                spark.interruptTag(tag)
+        except Exception as error:  # noqa: BLE001 - the original error matters more
+            log.warning("distkeras: could not cancel the Spark job: %s", error)
 
     def _result(self, bp, layout, center):
         model = bp.build()
@@ -151,20 +218,29 @@ class Trainer:
 
     def _partitioned(self, dataframe, repartition: bool = True):
         if not repartition:
-            found = dataframe.rdd.getNumPartitions()
-            if found != self.num_workers:
-                raise ValueError(f"repartition=False: the DataFrame has {found} partitions "
-                                 f"but num_workers is {self.num_workers}")
+            if not is_connect(dataframe.sparkSession):
+                found = dataframe.rdd.getNumPartitions()
+                if found != self.num_workers:
+                    raise ValueError(f"repartition=False: the DataFrame has {found} "
+                                     f"partitions but num_workers is {self.num_workers}")
             return dataframe
         if self.single_worker:
             return dataframe.coalesce(1)
         return dataframe.repartition(self.num_workers)
 
-    def _check_slots(self, spark) -> None:
+    def _server_address(self, sc) -> tuple[str, str]:
+        """(bind, advertise): Spark's own driver address, or ``server_host`` when given."""
+        if self.server_host:
+            return self.server_host, self.server_host
+        if sc is not None:
+            return driver_address(sc)
+        return "127.0.0.1", "127.0.0.1"  # Spark Connect client without server_host: local
+
+    def _check_slots(self, sc, spark) -> None:
         if not self.algorithm.synchronous:
             return
-        slots = task_slots(spark)
-        if slots < self.num_workers:
+        slots = task_slots(sc, spark)
+        if slots is not None and slots < self.num_workers:
             raise ValueError(f"{type(self).__name__} is synchronous: its {self.num_workers} "
                              f"workers must run at the same time, but Spark has {slots} task "
                              f"slot(s). Use num_workers <= {slots} or give Spark more cores.")

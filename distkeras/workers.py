@@ -8,7 +8,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,11 +136,11 @@ def _take(arrays: list[np.ndarray], index: np.ndarray):
     return taken[0] if len(taken) == 1 else taken
 
 
-def train_partition(spec: WorkerSpec, partition: int, rows: Iterable,
-                    attempt: int = 0) -> dict[str, Any]:
-    """Train a replica on one partition; return what this worker did."""
-    started = time.time()
-    xs, ys = spec.plan.to_numpy(rows)
+def train_partition(spec: WorkerSpec, partition: int, xs: list[np.ndarray],
+                    ys: list[np.ndarray], attempt: int = 0,
+                    started: float | None = None) -> dict[str, Any]:
+    """Train a replica on one partition's arrays; return what this worker did."""
+    started = time.time() if started is None else started
     num_rows = len(xs[0]) if xs else 0
     model = spec.blueprint.build(spec.algorithm.worker_optimizer(spec.blueprint.optimizer))
     link = ServerLink(spec.address, spec.token, spec.layout, partition, attempt)
@@ -209,10 +209,47 @@ def _exchange(spec: WorkerSpec, model, link: ServerLink, w: np.ndarray, w0: np.n
     model.set_weights(spec.layout.unflatten(w))
 
 
-def run_spark_task(spec: WorkerSpec, partition: int, rows: Iterator) -> Iterator[dict]:
-    """Entry point used inside ``mapPartitionsWithIndex``."""
+def _attempt() -> tuple[int, int]:
     from pyspark import TaskContext
 
     context = TaskContext.get()
-    attempt = context.attemptNumber() if context is not None else 0
-    yield train_partition(spec, partition, rows, attempt)
+    if context is None:
+        return 0, 0
+    return context.partitionId(), context.attemptNumber()
+
+
+#: one row per worker, what a Spark task hands back to the driver: (name, Spark SQL type)
+REPORT_FIELDS = (("worker", "int"), ("attempt", "int"), ("rows", "bigint"),
+                 ("commits", "bigint"), ("samples", "bigint"), ("resumed_after", "bigint"),
+                 ("started", "double"), ("first_batch", "double"), ("finished", "double"),
+                 ("host", "string"), ("pid", "bigint"), ("weights", "binary"))
+REPORT_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in REPORT_FIELDS)
+
+
+def _arrow_report_schema():
+    import pyarrow as pa
+
+    kinds = {"int": pa.int32(), "bigint": pa.int64(), "double": pa.float64(),
+             "string": pa.string(), "binary": pa.binary()}
+    return pa.schema([(name, kinds[kind]) for name, kind in REPORT_FIELDS])
+
+
+def run_arrow_task(spec: WorkerSpec, batches: Iterator) -> Iterator:
+    """Entry point for ``DataFrame.mapInArrow``: record batches in, one report batch out."""
+    import pyarrow as pa
+
+    started = time.time()
+    partition, attempt = _attempt()
+    xs, ys = spec.plan.arrow_to_numpy(batches)
+    report = train_partition(spec, partition, xs, ys, attempt, started)
+    weights = report.pop("weights")
+    report["weights"] = None if weights is None else weights.tobytes()
+    yield pa.RecordBatch.from_pylist([report], schema=_arrow_report_schema())
+
+
+def run_rdd_task(spec: WorkerSpec, partition: int, rows: Iterator) -> Iterator[dict]:
+    """Entry point for ``RDD.mapPartitionsWithIndex`` over ``(features, label)`` pairs."""
+    started = time.time()
+    _, attempt = _attempt()
+    xs, ys = spec.plan.rows_to_numpy(rows)
+    yield train_partition(spec, partition, xs, ys, attempt, started)

@@ -161,15 +161,48 @@ def test_bad_trainer_arguments_fail_at_construction(kwargs):
 
 
 def test_failed_spark_job_stops_the_server(spark):
-    # label 12 does not exist in a 10-class model: only the worker finds out
+    # label 12 does not exist in a 10-class model; without the validation pass only the
+    # worker finds out, and its Spark task fails
     df = spark.createDataFrame([([0.0] * 784, 12)] * 64, ["features", "label"])
     with pytest.raises(Exception):  # noqa: B017 - Spark wraps the worker's IndexError
-        make_trainer(num_workers=2).train(df)
+        make_trainer(num_workers=2).train(df, validate=False)
     assert not [t for t in threading.enumerate() if t.name.startswith("distkeras-ps")]
 
 
-def test_nan_features_stop_training_with_a_clear_error(spark):
+def test_label_index_out_of_range_fails_before_training(spark):
+    df = spark.createDataFrame([([0.0] * 784, 12)] * 8, ["features", "label"])
+    with pytest.raises(DataError, match=r"'label'.*\[0, 10\).*12"):
+        make_trainer().train(df)
+
+
+def test_nan_features_fail_before_training(spark):
+    rows = [([0.5] * 784, 1)] * 63 + [([float("nan")] * 784, 1)]
+    df = spark.createDataFrame(rows, ["features", "label"])
+    with pytest.raises(DataError, match="'features'.*1 row.*NaN"):
+        make_trainer().train(df)
+
+
+def test_ragged_rows_fail_before_training(spark):
+    df = spark.createDataFrame([([0.0] * 784, 1), ([0.0] * 783, 1)], ["features", "label"])
+    with pytest.raises(DataError, match=r"'features'.*784.*783"):
+        make_trainer().train(df)
+
+
+def test_nan_during_training_stops_with_a_clear_error(spark):
     rows = [([float("nan")] * 784, 1)] * 64
     df = spark.createDataFrame(rows, ["features", "label"])
     with pytest.raises(Exception, match="(loss is nan|weights became NaN)"):
-        make_trainer(num_workers=1).train(df)
+        make_trainer(num_workers=1).train(df, validate=False)
+
+
+def test_rdd_of_pairs_trains_through_the_row_path(spark, digits):
+    from pyspark.ml.linalg import Vectors
+
+    x, y, xt, yt = digits
+    rdd = spark.sparkContext.parallelize(
+        [(Vectors.dense(r), int(v)) for r, v in zip(x[:2000], y[:2000])], 4)
+    trainer = distkeras.DOWNPOUR(mlp(), loss="categorical_crossentropy", num_workers=2,
+                                 num_epoch=2, verbose=0)
+    model = trainer.train(rdd)
+    assert trainer.history.samples_applied == 4000
+    assert accuracy(model, xt, yt) > 0.8
