@@ -206,3 +206,25 @@ def test_rdd_of_pairs_trains_through_the_row_path(spark, digits):
     model = trainer.train(rdd)
     assert trainer.history.samples_applied == 4000
     assert accuracy(model, xt, yt) > 0.8
+
+
+def test_multi_input_multi_output_model_from_several_columns(spark, digits):
+    import keras
+
+    x, y, xt, yt = digits
+    keras.utils.set_random_seed(5)
+    left, right = keras.Input((392,), name="left"), keras.Input((392,), name="right")
+    hidden = keras.layers.Dense(48, activation="relu")(keras.layers.Concatenate()([left, right]))
+    digit = keras.layers.Dense(10, activation="softmax", name="digit")(hidden)
+    parity = keras.layers.Dense(1, activation="sigmoid", name="parity")(hidden)
+    model = keras.Model([left, right], [digit, parity])
+    df = spark.createDataFrame(
+        [(r[:392].tolist(), r[392:].tolist(), int(v), float(v % 2)) for r, v in
+         zip(x[:2000], y[:2000])], ["left", "right", "label", "odd"])
+    trainer = distkeras.DOWNPOUR(model, loss=["categorical_crossentropy", "binary_crossentropy"],
+                                 features_col=["left", "right"], label_col=["label", "odd"],
+                                 num_workers=2, num_epoch=3, verbose=0)
+    trained = trainer.train(df)
+    digit_out, parity_out = trained.predict([xt[:, :392], xt[:, 392:]], verbose=0)
+    assert (digit_out.argmax(axis=1) == yt).mean() > 0.8
+    assert ((parity_out[:, 0] > 0.5) == (yt % 2 == 1)).mean() > 0.75
