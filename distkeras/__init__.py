@@ -18,6 +18,14 @@ from .trainers import (
     SingleTrainer,
     Trainer,
 )
+from .transformers import (
+    DenseTransformer,
+    LabelIndexTransformer,
+    MinMaxTransformer,
+    OneHotTransformer,
+    ReshapeTransformer,
+    StandardTransformer,
+)
 
 __version__ = "0.1.0"
 
@@ -25,4 +33,6 @@ __all__ = [
     "ADAG", "AEASGD", "AGN", "DOWNPOUR", "EAMSGD", "EASGD", "Algorithm", "AveragingTrainer",
     "DataError", "DynSGD", "EnsembleTrainer", "History", "ParameterServer", "ServerConfig",
     "SingleTrainer", "Trainer", "TrainingAborted", "local_session",
+    "DenseTransformer", "LabelIndexTransformer", "MinMaxTransformer", "OneHotTransformer",
+    "ReshapeTransformer", "StandardTransformer",
 ]

@@ -36,6 +36,7 @@ class Session:
     worker: int
     attempt: int = 0
     pulled_clock: int = 0
+    pid: int = 0
     state: dict[str, Any] = field(default_factory=dict)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import checkpoint
 from . import protocol as wire
 from .algorithms import Algorithm, Session
 from .history import History
@@ -37,6 +38,9 @@ class ServerConfig:
     round_timeout: float = 600.0  # longest wait for the other workers of a synchronous round
     max_connections: int | None = None  # default: 4 per worker + 8
     shared_memory: bool = True  # offer same-host workers a shared-memory payload path
+    checkpoint_path: str | None = None  # where to save the centre, clock and cursors
+    checkpoint_every: int = 0  # save every this many commits (0: off)
+    checkpoint_seconds: float = 0.0  # and/or every this many seconds (0: off)
 
 
 class ParameterServer:
@@ -45,7 +49,7 @@ class ParameterServer:
     def __init__(self, center: np.ndarray, layout: wire.Layout, algorithm: Algorithm,
                  num_workers: int, token: bytes, bind_host: str = "127.0.0.1", port: int = 0,
                  config: ServerConfig | None = None, cursors: dict[int, int] | None = None,
-                 clock: int = 0):
+                 clock: int = 0, seed: int = 0):
         if center.dtype != wire.DTYPE or center.ndim != 1 or center.size != layout.num_params:
             raise ValueError("center must be a flat float32 vector of the layout's size")
         self.center = center
@@ -56,6 +60,9 @@ class ParameterServer:
         self.history = History()
         self.clock = int(clock)
         self.cursors: dict[int, int] = dict(cursors or {})
+        self.seed = int(seed)  # saved with checkpoints: batch order depends on it
+        self._checkpointed = (self.clock, time.monotonic())
+        self._checkpoint_lock = threading.Lock()
         self._token = token
         self._digest = layout.digest()
         self._bind = (bind_host, int(port))
@@ -63,6 +70,7 @@ class ParameterServer:
         self._round = threading.Condition(self._lock)
         self._apply_lock = self._lock if algorithm.locked else contextlib.nullcontext()
         self._connections: set[socket.socket] = set()
+        self.sessions: dict[socket.socket, Session] = {}  # live, handshaken workers
         self._threads: set[threading.Thread] = set()
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
@@ -99,8 +107,32 @@ class ParameterServer:
         self._acceptor.start()
         return self
 
+    def checkpoint(self, path: str | None = None) -> str | None:
+        """Save the centre variable, clock, cursors and seed atomically; returns the path."""
+        path = path or self.config.checkpoint_path
+        if not path:
+            return None
+        with self._checkpoint_lock:
+            with self._lock:
+                center, clock, cursors = self.center.copy(), self.clock, dict(self.cursors)
+            checkpoint.save(path, center, clock, cursors, self.seed, self._digest)
+            self._checkpointed = (clock, time.monotonic())
+        return path
+
+    def _maybe_checkpoint(self) -> None:
+        config = self.config
+        if not config.checkpoint_path or self._checkpoint_lock.locked():
+            return
+        clock, at = self._checkpointed
+        due = (config.checkpoint_every and self.clock - clock >= config.checkpoint_every) or \
+            (config.checkpoint_seconds and time.monotonic() - at >= config.checkpoint_seconds)
+        if due:
+            self.checkpoint()
+
     def stop(self, reason: str | None = None) -> None:
-        """Stop serving, close every connection and free the port. Safe to call twice."""
+        """Stop serving, close every connection and free the port. Safe to call twice.
+
+        With a checkpoint path configured, a last checkpoint holds everything applied."""
         with self._lock:
             if reason and self.error is None:
                 self.error = reason
@@ -117,6 +149,8 @@ class ParameterServer:
                 self._listener.close()
         for thread in list(self._threads):
             thread.join(timeout=5)
+        if self.config.checkpoint_path and self._listener is not None:
+            self.checkpoint()
 
     def __enter__(self) -> ParameterServer:
         return self.start() if self._listener is None else self
@@ -176,14 +210,15 @@ class ParameterServer:
                 segment.close()
             with self._lock:
                 self._connections.discard(conn)
+                self.sessions.pop(conn, None)
             if session is not None and not clean:
                 self._lost(session)
             self._threads.discard(threading.current_thread())
 
     def _handshake(self, conn: socket.socket) -> tuple[Session, Segment | None]:
         deadline = time.monotonic() + self.config.handshake_timeout
-        magic, version, flags, token, digest, worker, attempt, num_params = wire.recv_struct(
-            conn, wire.HELLO, deadline)
+        magic, version, flags, token, digest, worker, attempt, pid, num_params = \
+            wire.recv_struct(conn, wire.HELLO, deadline)
         if magic != wire.MAGIC:
             raise wire.ProtocolError("bad magic in handshake")
         status = wire.Status.OK
@@ -211,7 +246,11 @@ class ParameterServer:
             raise
         if status != wire.Status.OK:
             raise wire.ProtocolError(wire.Status.MESSAGES[status])
-        return Session(worker=int(worker), attempt=int(attempt), pulled_clock=clock), segment
+        session = Session(worker=int(worker), attempt=int(attempt), pulled_clock=clock,
+                          pid=int(pid))
+        with self._lock:
+            self.sessions[conn] = session
+        return session, segment
 
     def _serve_frames(self, conn: socket.socket, session: Session,
                       segment: Segment | None) -> bool:
@@ -250,6 +289,8 @@ class ParameterServer:
                 conn.sendall(wire.REPLY.pack(wire.Status.OK, 0, self.clock, 0))
                 return True
             status, clock = self._handle(op, session, update, reply, samples, cursor, loss)
+            if op in wire.Op.WITH_PAYLOAD:
+                self._maybe_checkpoint()
             if status != wire.Status.OK:
                 conn.sendall(wire.REPLY.pack(status, 0, clock, 0))
                 return True

@@ -26,9 +26,9 @@ DIGEST_BYTES = 32
 DTYPE = np.dtype("<f4")
 
 # Handshake, client -> server: magic, version, flags (Flag.SHARED: the worker can map shared
-# memory), token, layout digest, worker id (the Spark partition), task attempt, number of
-# float32 parameters.
-HELLO = struct.Struct("<4sHH32s32sIIQ")
+# memory), token, layout digest, worker id (the Spark partition), task attempt, process id of
+# the worker (for diagnostics), number of float32 parameters.
+HELLO = struct.Struct("<4sHH32s32sIIIQ")
 # Handshake, server -> client: magic, status, server clock, resume cursor of this partition
 # (index of the last batch whose update reached the centre variable, -1 for none), and the
 # path of a shared-memory segment offered to a worker on the same host (empty: none).

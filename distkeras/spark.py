@@ -34,18 +34,23 @@ def worker_environment() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def local_session(num_workers: int = 2, app_name: str = "distkeras", **conf: str):
+def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retries: int = 0,
+                  **conf: str):
     """A local SparkSession with ``num_workers`` task slots, ready for distkeras.
 
     Workers run the interpreter that runs this function (``PYSPARK_PYTHON``), the web UI is
     off, logs are quiet and the driver listens on loopback so nothing needs a resolvable
-    hostname. Extra Spark settings can be passed as keyword arguments (dots as ``_``).
+    hostname. ``task_retries`` lets Spark retry a failed task that many times (local mode
+    does not retry by default). Extra Spark settings can be passed as keyword arguments (dots
+    as ``_``).
     """
     check_java()
     worker_environment()
     from pyspark.sql import SparkSession
 
-    builder = (SparkSession.builder.master(f"local[{int(num_workers)}]").appName(app_name)
+    master = f"local[{int(num_workers)},{int(task_retries) + 1}]" if task_retries else \
+        f"local[{int(num_workers)}]"
+    builder = (SparkSession.builder.master(master).appName(app_name)
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")
                .config("spark.driver.host", "127.0.0.1")

@@ -6,6 +6,7 @@ everything else is shared by :class:`Trainer`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -17,6 +18,7 @@ import keras
 import numpy as np
 
 from . import algorithms, protocol
+from .checkpoint import load as load_checkpoint
 from .data import plan_columns, plan_rdd_columns
 from .data import validate as validate_data
 from .history import History
@@ -53,7 +55,9 @@ class Trainer:
                  label_col: str | Sequence[str] = "label",
                  communication_window: int | None = None, verbose: int = 1,
                  seed: int | None = None, shuffle: bool = True,
-                 server_config: ServerConfig | None = None, server_host: str | None = None):
+                 server_config: ServerConfig | None = None, server_host: str | None = None,
+                 checkpoint_path: str | None = None, checkpoint_every: int = 0,
+                 checkpoint_seconds: float = 0.0):
         self.keras_model = keras_model
         self.worker_optimizer = worker_optimizer
         self.loss = loss
@@ -69,7 +73,12 @@ class Trainer:
         self.verbose = int(verbose)
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         self.shuffle = bool(shuffle)
-        self.server_config = server_config or ServerConfig()
+        self.server_config = dataclasses.replace(
+            server_config or ServerConfig(),
+            **({"checkpoint_path": checkpoint_path, "checkpoint_every": int(checkpoint_every),
+                "checkpoint_seconds": float(checkpoint_seconds)} if checkpoint_path else {}))
+        #: the running parameter server during ``train()`` (for monitoring), else None
+        self.parameter_server: ParameterServer | None = None
         self.server_host = server_host  # where executors reach the driver, if not Spark's
         self.history = History()
         self.worker_reports: list[dict] = []
@@ -85,7 +94,7 @@ class Trainer:
 
     # ---- the run ----------------------------------------------------------------------
     def train(self, data, shuffle: bool | None = None, repartition: bool = True,
-              validate: bool = True):
+              validate: bool = True, resume_from: str | None = None):
         """Train on ``data`` and return a keras.Model holding the final centre variable.
 
         ``data`` is a DataFrame (classic or Spark Connect; workers read it as Arrow record
@@ -93,6 +102,9 @@ class Trainer:
         first that checks every row (widths, NaN/inf, class indices) so that bad data fail
         before training. ``repartition=False`` keeps the data's own partitions (one worker
         each; their number must equal ``num_workers``) instead of spreading rows evenly.
+        ``resume_from`` continues a run from its checkpoint (``checkpoint_path``): the centre
+        variable, the clock and every partition's cursor, so that no batch is trained twice
+        (give the same data, ``num_workers`` and batch size as the interrupted run).
         """
         started = time.time()
         shuffle = self.shuffle if shuffle is None else shuffle
@@ -111,18 +123,25 @@ class Trainer:
         weights = self.keras_model.get_weights()
         layout = protocol.Layout.of(weights)
         center = layout.flatten(weights)
+        clock, cursors, seed = 0, {}, self.seed
+        if resume_from:
+            state = load_checkpoint(resume_from, layout)
+            center[:] = state.center
+            clock, cursors, seed = state.clock, state.cursors, state.seed
         self._check_slots(sc, spark)
         bind, host = self._server_address(sc)
         token = protocol.new_token()
         server = ParameterServer(center, layout, self.algorithm, self.num_workers, token,
-                                 bind_host=bind, config=self.server_config)
+                                 bind_host=bind, config=self.server_config, cursors=cursors,
+                                 clock=clock, seed=seed)
         server.start()
+        self.parameter_server = server
         self.history = server.history
         self._say(f"distkeras: {type(self).__name__} on {self.num_workers} worker(s), "
                   f"{layout.num_params:,} parameters, server {host}:{server.address[1]}")
         spec = WorkerSpec(bp, self.algorithm, plan, layout, (host, server.address[1]), token,
                           self.batch_size, self.num_epoch, self.communication_window,
-                          self.exchange_each_epoch, self.returns_replicas, shuffle, self.seed)
+                          self.exchange_each_epoch, self.returns_replicas, shuffle, seed)
         tag = f"distkeras-{uuid.uuid4().hex[:12]}"
         shipped = sc.broadcast(spec) if sc is not None else None
         try:
@@ -138,6 +157,7 @@ class Trainer:
             raise
         finally:
             server.stop()
+            self.parameter_server = None
             self._untag(sc, spark, tag)
             if shipped is not None:
                 shipped.unpersist(blocking=False)

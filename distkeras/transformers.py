@@ -280,8 +280,10 @@ class LabelIndexTransformer(_ColumnTransformer):
     When the largest activation is below ``activation_threshold`` the row gets
     ``default_index`` instead (so -1, say, can mark "not confident"). The default threshold
     0.0 suits probabilities; for raw logits pass ``float('-inf')``. Ties go to the first
-    index, as in ``numpy.argmax``. A row whose width is not ``output_dim``, a null row, or a
-    NaN activation fails the Spark job when the rows are computed, naming the column.
+    index, as in ``numpy.argmax``. The columns default to ``prediction`` (what
+    ``ModelPredictor`` writes) and ``prediction_index``. A row whose width is not
+    ``output_dim``, a null row, or a NaN activation fails the Spark job when the rows are
+    computed, naming the column.
     """
 
     outputDim = _param("outputDim", "number of classes: the width of the prediction vector",
@@ -292,14 +294,15 @@ class LabelIndexTransformer(_ColumnTransformer):
                           "threshold", _to_int)
     _names = {**_ColumnTransformer._names, "output_dim": "outputDim",
               "activation_threshold": "activationThreshold", "default_index": "defaultIndex"}
-    _required = ("outputDim", "inputCol")
+    _required = ("outputDim",)
 
     @keyword_only
-    def __init__(self, *, output_dim: int | None = None, input_col: str | None = None,
-                 output_col: str | None = None, activation_threshold: float = 0.0,
+    def __init__(self, *, output_dim: int | None = None, input_col: str = "prediction",
+                 output_col: str = "prediction_index", activation_threshold: float = 0.0,
                  default_index: int = 0) -> None:
         super().__init__()
-        self._setDefault(activationThreshold=0.0, defaultIndex=0)
+        self._setDefault(inputCol="prediction", outputCol="prediction_index",
+                         activationThreshold=0.0, defaultIndex=0)
         self._apply(self._input_kwargs, constructing=True)
 
     @keyword_only
@@ -536,15 +539,18 @@ class ReshapeTransformer(_ColumnTransformer):
         size = math.prod(shape)
         values = _as_array(column, kind)
 
-        def nest(start: Column | int, dims: tuple[int, ...]) -> Column:
-            # the block of prod(dims) values that begins at 0-based offset ``start``
+        def nest(flat: Column, start: Column | int, dims: tuple[int, ...]) -> Column:
+            # the block of prod(dims) values of ``flat`` that begins at 0-based ``start``
             if len(dims) == 1:
-                return F.slice(values, start + 1, dims[0])
+                return F.slice(flat, start + 1, dims[0])
             step = math.prod(dims[1:])
             return F.transform(F.sequence(F.lit(0), F.lit(dims[0] - 1)),
-                               lambda i: nest(i * step + start, dims[1:]))
+                               lambda i: nest(flat, i * step + start, dims[1:]))
 
-        tensor = values if len(shape) == 1 else nest(0, shape)
+        # ``values`` is bound once to a lambda variable: referenced inside the inner lambdas
+        # directly, Spark would convert the whole vector again for every slice
+        tensor = values if len(shape) == 1 else F.element_at(
+            F.transform(F.array(values), lambda flat: nest(flat, 0, shape)), 1)
         return (F.when(values.isNull(), F.lit(None))
                 .when(F.size(values) != size, _fail(
                     f"ReshapeTransformer: column '{name}' must hold {size} values per row "

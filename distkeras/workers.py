@@ -38,7 +38,8 @@ class ServerLink:
         self._inbox = np.empty(layout.num_params, dtype=wire.DTYPE)
         flags = wire.Flag.SHARED if shared_memory else 0
         self._sock.sendall(wire.HELLO.pack(wire.MAGIC, wire.VERSION, flags, token,
-                                           layout.digest(), worker, attempt, layout.num_params))
+                                           layout.digest(), worker, attempt, os.getpid(),
+                                           layout.num_params))
         magic, status, self.clock, self.cursor, path = wire.recv_struct(self._sock,
                                                                         wire.WELCOME)
         if magic != wire.MAGIC:

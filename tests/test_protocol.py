@@ -87,7 +87,7 @@ class GoodWorker(threading.Thread):
 
 
 def raw_hello(token, layout, magic=protocol.MAGIC, version=protocol.VERSION, worker=0):
-    return protocol.HELLO.pack(magic, version, 0, token, layout.digest(), worker, 0,
+    return protocol.HELLO.pack(magic, version, 0, token, layout.digest(), worker, 0, 0,
                                layout.num_params)
 
 
@@ -269,5 +269,5 @@ def test_stop_frees_the_port_and_ends_every_thread():
 def test_struct_sizes_are_stable():
     # part of the protocol: changing a header size must bump protocol.VERSION
     assert (protocol.HELLO.size, protocol.WELCOME.size, protocol.REQUEST.size,
-            protocol.REPLY.size) == (88, 88, 40, 24)
+            protocol.REPLY.size) == (92, 88, 40, 24)
     assert struct.calcsize("<f") == protocol.DTYPE.itemsize

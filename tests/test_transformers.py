@@ -284,6 +284,9 @@ def test_set_params_checks_and_rolls_back():
     assert t.setParams(std=[3, 4]).getStd() == [3.0, 4.0]
     assert OneHotTransformer(output_dim=np.int32(4), input_col="y",
                              output_col="o").getOutputDim() == 4
+    defaults = LabelIndexTransformer(output_dim=10)  # reads what ModelPredictor writes
+    assert (defaults.getInputCol(), defaults.getOutputCol()) == ("prediction", "prediction_index")
+    assert (defaults.getActivationThreshold(), defaults.getDefaultIndex()) == (0.0, 0)
 
 
 def test_bad_columns_fail_at_transform(frame):

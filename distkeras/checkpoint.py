@@ -1,0 +1,51 @@
+"""Checkpoints of a training run: the centre variable, the server clock, every partition's
+cursor and the run's seed, written atomically (write a temporary file, then rename) in
+numpy's ``.npz`` format and read back with ``allow_pickle=False``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .protocol import DTYPE, Layout
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    center: np.ndarray
+    clock: int
+    cursors: dict[int, int]
+    seed: int
+    digest: bytes
+
+
+def save(path: str, center: np.ndarray, clock: int, cursors: dict[int, int], seed: int,
+         digest: bytes) -> None:
+    """Write atomically: a reader sees the previous checkpoint or this one, never a torn file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    workers = np.array(sorted(cursors), dtype=np.int64)
+    with open(temporary, "wb") as handle:
+        np.savez(handle, center=np.asarray(center, dtype=DTYPE), clock=np.int64(clock),
+                 workers=workers, cursors=np.array([cursors[w] for w in workers], np.int64),
+                 seed=np.int64(seed), digest=np.frombuffer(digest, dtype=np.uint8))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def load(path: str, layout: Layout) -> Checkpoint:
+    """Read a checkpoint and check that it belongs to a model of this layout."""
+    with np.load(path, allow_pickle=False) as data:
+        digest = data["digest"].tobytes()
+        if digest != layout.digest():
+            raise ValueError(f"checkpoint {path} was written for another model layout")
+        center = data["center"].astype(DTYPE)
+        if center.size != layout.num_params:
+            raise ValueError(f"checkpoint {path} holds {center.size} parameters, the model "
+                             f"has {layout.num_params}")
+        cursors = {int(w): int(c) for w, c in zip(data["workers"], data["cursors"])}
+        return Checkpoint(center, int(data["clock"]), cursors, int(data["seed"]), digest)

@@ -1,0 +1,108 @@
+"""Faults: a killed worker is retried without applying a batch twice; checkpoints resume.
+
+The kill test runs in its own process (``tests/fault_script.py``): it needs a Spark that
+retries tasks (``local[2,4]``) and a process holds one SparkContext.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from test_training import BATCH, accuracy, mlp
+
+import distkeras
+
+ASYNC = ["DOWNPOUR", "AGN", "ADAG", "DynSGD", "AEASGD", "EAMSGD"]
+SCRIPT = os.path.join(os.path.dirname(__file__), "fault_script.py")
+
+
+@pytest.fixture(scope="module")
+def fault_runs():
+    completed = subprocess.run([sys.executable, SCRIPT, ",".join(ASYNC + ["AveragingTrainer"])],
+                               capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return {r["trainer"]: r for r in map(json.loads, completed.stdout.splitlines())}
+
+
+@pytest.mark.timeout(960)
+@pytest.mark.parametrize("name", ASYNC)
+def test_killed_worker_resumes_and_every_batch_is_applied_exactly_once(name, fault_runs):
+    run = fault_runs[name]
+    assert "error" not in run, run.get("error")
+    assert run["killed"], "the worker was never killed"
+    assert [1, 1] in run["attempts"], run["attempts"]  # partition 1 ran a second attempt
+    assert run["resumed_after"]["1"] >= 0  # ... which resumed after the committed batches
+    assert run["samples_applied"] == run["rows"] * run["epochs"]
+    assert run["accuracy"] >= run["reference_accuracy"] - 0.03
+    assert run["threads_left"] == []
+
+
+@pytest.mark.timeout(960)
+def test_killed_worker_fails_a_synchronous_run_naming_it(fault_runs):
+    run = fault_runs["AveragingTrainer"]
+    assert run["killed"]
+    assert "TrainingAborted" in run["error"] and "worker 1" in run["error"]
+    assert run["seconds"] < 120
+    assert run["threads_left"] == []
+
+
+@pytest.mark.timeout(600)
+def test_checkpoint_resume_continues_where_the_run_stopped(spark, digits_df, digits, tmp_path):
+    _, _, xt, yt = digits
+    path = str(tmp_path / "run.npz")
+    epochs = 3
+
+    def make():
+        return distkeras.ADAG(mlp(), worker_optimizer="adam", loss="categorical_crossentropy",
+                              num_workers=2, batch_size=BATCH, num_epoch=epochs, verbose=0,
+                              seed=11, communication_window=3, checkpoint_path=path,
+                              checkpoint_every=10)
+
+    first = make()
+
+    def interrupt():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if first.parameter_server is not None and len(first.history.commits) >= 40:
+                spark.sparkContext.cancelAllJobs()
+                return
+            time.sleep(0.01)
+
+    stopper = threading.Thread(target=interrupt, daemon=True)
+    stopper.start()
+    with pytest.raises(Exception):  # noqa: B017 - Spark reports the cancelled job
+        first.train(digits_df)
+    stopper.join(timeout=5)
+    done_first = first.history.samples_applied
+    assert 0 < done_first < 4000 * epochs
+    assert os.path.exists(path)
+
+    second = make()
+    model = second.train(digits_df, resume_from=path)
+    assert done_first + second.history.samples_applied == 4000 * epochs
+    resumed = {r["worker"]: r["resumed_after"] for r in second.worker_reports}
+    assert min(resumed.values()) >= 0
+
+    straight = distkeras.ADAG(mlp(), worker_optimizer="adam", loss="categorical_crossentropy",
+                              num_workers=2, batch_size=BATCH, num_epoch=epochs, verbose=0,
+                              seed=11, communication_window=3)
+    reference = accuracy(straight.train(digits_df), xt, yt)
+    assert accuracy(model, xt, yt) >= reference - 0.03
+
+
+def test_checkpoint_of_another_model_is_refused(digits_df, tmp_path):
+    import keras
+
+    path = str(tmp_path / "small.npz")
+    small = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")])
+    distkeras.DOWNPOUR(small, loss="categorical_crossentropy", num_epoch=1, verbose=0,
+                       checkpoint_path=path).train(digits_df.limit(200))
+    with pytest.raises(ValueError, match="another model layout"):
+        distkeras.DOWNPOUR(mlp(), loss="categorical_crossentropy", verbose=0).train(
+            digits_df, resume_from=path)
