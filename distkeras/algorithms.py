@@ -37,6 +37,8 @@ class Session:
     attempt: int = 0
     pulled_clock: int = 0
     pid: int = 0
+    last_seen: float = 0.0  # time.monotonic() of the worker's last frame
+    busy: bool = False  # the server is working on (or holding, in a round) its request
     state: dict[str, Any] = field(default_factory=dict)
 
 

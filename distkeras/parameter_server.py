@@ -41,6 +41,7 @@ class ServerConfig:
     checkpoint_path: str | None = None  # where to save the centre, clock and cursors
     checkpoint_every: int = 0  # save every this many commits (0: off)
     checkpoint_seconds: float = 0.0  # and/or every this many seconds (0: off)
+    stall_timeout: float = 1800.0  # a connected worker silent this long stops the run
 
 
 class ParameterServer:
@@ -49,7 +50,7 @@ class ParameterServer:
     def __init__(self, center: np.ndarray, layout: wire.Layout, algorithm: Algorithm,
                  num_workers: int, token: bytes, bind_host: str = "127.0.0.1", port: int = 0,
                  config: ServerConfig | None = None, cursors: dict[int, int] | None = None,
-                 clock: int = 0, seed: int = 0):
+                 clock: int = 0, seed: int = 0, on_abort=None):
         if center.dtype != wire.DTYPE or center.ndim != 1 or center.size != layout.num_params:
             raise ValueError("center must be a flat float32 vector of the layout's size")
         self.center = center
@@ -61,6 +62,7 @@ class ParameterServer:
         self.clock = int(clock)
         self.cursors: dict[int, int] = dict(cursors or {})
         self.seed = int(seed)  # saved with checkpoints: batch order depends on it
+        self._on_abort = on_abort  # called once, from a server thread, when the run fails
         self._checkpointed = (self.clock, time.monotonic())
         self._checkpoint_lock = threading.Lock()
         self._token = token
@@ -159,17 +161,41 @@ class ParameterServer:
         self.stop()
 
     def abort(self, reason: str) -> None:
-        """Fail the run: waiting workers are told, later frames are refused."""
-        log.error("distkeras parameter server aborts training: %s", reason)
+        """Fail the run: waiting workers are told, later frames are refused, and the owner
+        (the trainer, which cancels the Spark job) is called back once."""
         with self._lock:
-            if self.error is None:
+            first = self.error is None
+            if first:
                 self.error = reason
             self._round.notify_all()
+        if first:
+            log.error("distkeras parameter server aborts training: %s", reason)
+            if self._on_abort is not None:
+                try:
+                    self._on_abort(reason)
+                except Exception as error:  # noqa: BLE001 - the abort itself must stand
+                    log.warning("distkeras: abort callback failed: %s", error)
+
+    def _watch(self) -> None:
+        """Stop the run when a connected worker has been silent for ``stall_timeout``."""
+        limit = self.config.stall_timeout
+        if not limit or self.error is not None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            silent = [s for s in self.sessions.values() if not s.busy and
+                      now - s.last_seen > limit]
+        if silent:
+            s = silent[0]
+            self.abort(f"worker {s.worker} (attempt {s.attempt}, pid {s.pid}) sent nothing for "
+                       f"{now - s.last_seen:.0f}s (stall_timeout={limit:g}s): it hangs; the "
+                       f"run is stopped")
 
     # ---- connections ---------------------------------------------------------------
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while not self._stopping.is_set():
+            self._watch()
             try:
                 conn, peer = self._listener.accept()
             except TimeoutError:
@@ -247,7 +273,7 @@ class ParameterServer:
         if status != wire.Status.OK:
             raise wire.ProtocolError(wire.Status.MESSAGES[status])
         session = Session(worker=int(worker), attempt=int(attempt), pulled_clock=clock,
-                          pid=int(pid))
+                          pid=int(pid), last_seen=time.monotonic())
         with self._lock:
             self.sessions[conn] = session
         return session, segment
@@ -255,8 +281,7 @@ class ParameterServer:
     def _serve_frames(self, conn: socket.socket, session: Session,
                       segment: Segment | None) -> bool:
         """Serve one worker until it says bye (True) or the connection ends (exception)."""
-        inbox = np.empty(self.layout.num_params, dtype=wire.DTYPE)
-        outbox = np.empty(self.layout.num_params, dtype=wire.DTYPE)
+        inbox = outbox = None  # socket payload buffers, only for workers on another host
         header = bytearray(wire.REQUEST.size)
         expected = self.layout.nbytes
         while not self._stopping.is_set():
@@ -266,6 +291,7 @@ class ParameterServer:
                 raise wire.ProtocolError("connection closed without bye")
             if segment is not None:
                 segment.unlink()  # the worker had its chance to map it; leave nothing behind
+            session.busy, session.last_seen = True, time.monotonic()
             deadline = time.monotonic() + self.config.frame_timeout
             wire.recv_exact(conn, memoryview(header)[1:], deadline)
             op, flags, samples, cursor, _, loss, nbytes = wire.REQUEST.unpack(header)
@@ -277,6 +303,9 @@ class ParameterServer:
             shared = bool(flags & wire.Flag.SHARED)
             if shared and segment is None:
                 raise wire.ProtocolError("shared-memory frame without a shared segment")
+            if not shared and inbox is None:
+                inbox = np.empty(self.layout.num_params, dtype=wire.DTYPE)
+                outbox = np.empty(self.layout.num_params, dtype=wire.DTYPE)
             update = segment.to_server if shared else inbox
             reply = segment.to_worker if shared else outbox
             if op in wire.Op.WITH_PAYLOAD:
@@ -289,6 +318,7 @@ class ParameterServer:
                 conn.sendall(wire.REPLY.pack(wire.Status.OK, 0, self.clock, 0))
                 return True
             status, clock = self._handle(op, session, update, reply, samples, cursor, loss)
+            session.busy, session.last_seen = False, time.monotonic()
             if op in wire.Op.WITH_PAYLOAD:
                 self._maybe_checkpoint()
             if status != wire.Status.OK:

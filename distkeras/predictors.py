@@ -1,10 +1,11 @@
 """Distributed inference: a Keras model applied to every row of a Spark DataFrame.
 
-The model travels once per job as Keras ``.keras`` bytes in a Spark broadcast (never as a
-pickled model object) and is loaded once per Python worker process: workers keep the loaded
-model in a small cache keyed by a SHA-256 digest of its architecture and weights, so a second ``predict`` of the
-same model (or a new :class:`ModelPredictor` around it) does not load it again. Rows reach the
-model as numpy batches through ``pyspark.ml.functions.predict_batch_udf`` (Arrow batches of
+The model travels as Keras ``.keras`` bytes in a Spark broadcast (never as a pickled model
+object; one broadcast per predictor, reused by every ``predict``) and is loaded once per Python
+worker process: workers keep the loaded model in a small cache keyed by a SHA-256 digest of its
+architecture and weights, so a second ``predict`` of the same model (or a new
+:class:`ModelPredictor` around it) does not load it again. Rows reach the model as numpy
+batches through ``pyspark.ml.functions.predict_batch_udf`` (Arrow batches cut into
 ``batch_size`` rows); nothing is collected to the driver.
 """
 
@@ -26,7 +27,7 @@ from .data import DataError
 
 __all__ = ["ModelPredictor", "load_keras_bytes", "model_digest", "model_to_bytes"]
 
-#: models loaded in this (worker) process, newest last; keyed by the digest of their bytes
+#: models loaded in this (worker) process, newest last; keyed by :func:`model_digest`
 _LOADED: OrderedDict[str, keras.Model] = OrderedDict()
 _LOADED_CAPACITY = 4
 _LOADED_LOCK = threading.Lock()

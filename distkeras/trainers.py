@@ -131,9 +131,11 @@ class Trainer:
         self._check_slots(sc, spark)
         bind, host = self._server_address(sc)
         token = protocol.new_token()
+        tag = f"distkeras-{uuid.uuid4().hex[:12]}"
         server = ParameterServer(center, layout, self.algorithm, self.num_workers, token,
                                  bind_host=bind, config=self.server_config, cursors=cursors,
-                                 clock=clock, seed=seed)
+                                 clock=clock, seed=seed,
+                                 on_abort=lambda reason: self._interrupt(sc, spark, tag))
         server.start()
         self.parameter_server = server
         self.history = server.history
@@ -142,7 +144,6 @@ class Trainer:
         spec = WorkerSpec(bp, self.algorithm, plan, layout, (host, server.address[1]), token,
                           self.batch_size, self.num_epoch, self.communication_window,
                           self.exchange_each_epoch, self.returns_replicas, shuffle, seed)
-        tag = f"distkeras-{uuid.uuid4().hex[:12]}"
         shipped = sc.broadcast(spec) if sc is not None else None
         try:
             self._tag(sc, spark, tag)

@@ -10,15 +10,17 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import protocol as wire
 from .algorithms import Algorithm
 from .data import ColumnPlan
-from .models import ModelBlueprint
 from .shared_memory import Segment
+
+if TYPE_CHECKING:  # the model code (Keras, TensorFlow) is imported only where it runs
+    from .models import ModelBlueprint
 
 
 class WorkerError(RuntimeError):

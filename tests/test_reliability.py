@@ -106,3 +106,62 @@ def test_checkpoint_of_another_model_is_refused(digits_df, tmp_path):
     with pytest.raises(ValueError, match="another model layout"):
         distkeras.DOWNPOUR(mlp(), loss="categorical_crossentropy", verbose=0).train(
             digits_df, resume_from=path)
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_stops_the_server_frees_the_port_and_the_next_train_works():
+    script = os.path.join(os.path.dirname(__file__), "interrupt_script.py")
+    completed = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                               timeout=540)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["interrupted"] is True
+    assert result["seconds_to_return"] < 120
+    assert result["threads_left"] == []
+    assert result["port_free"] is True
+    assert result["second_run_samples"] == 2000
+
+
+@pytest.mark.timeout(300)
+def test_hanging_worker_stops_the_run_with_an_error_naming_it(spark, digits):
+    import keras
+    import tensorflow as tf
+
+    from distkeras.parameter_server import ServerConfig
+
+    @keras.saving.register_keras_serializable(package="distkeras_tests")
+    class HangOnPartitionOne(keras.layers.Layer):
+        """Identity, except that in Spark partition 1 it hangs after a few batches."""
+
+        def call(self, inputs):
+            def maybe_hang(values):
+                from pyspark import TaskContext
+
+                context = TaskContext.get()
+                if context is not None and context.partitionId() == 1:
+                    HangOnPartitionOne.calls = getattr(HangOnPartitionOne, "calls", 0) + 1
+                    if HangOnPartitionOne.calls > 10:
+                        time.sleep(3600)
+                return values
+
+            out = tf.py_function(maybe_hang, [inputs], inputs.dtype)
+            out.set_shape(inputs.shape)
+            return out
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((784,))
+    hidden = keras.layers.Dense(16, activation="relu")(HangOnPartitionOne()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(hidden))
+    from pyspark.ml.linalg import Vectors
+
+    x, y, _, _ = digits
+    df = spark.createDataFrame([(Vectors.dense(r), int(v)) for r, v in zip(x[:2000], y[:2000])],
+                               ["features", "label"])
+    trainer = distkeras.DOWNPOUR(model, loss="categorical_crossentropy", num_workers=2,
+                                 num_epoch=5, verbose=0,
+                                 server_config=ServerConfig(stall_timeout=5.0))
+    started = time.monotonic()
+    with pytest.raises(distkeras.TrainingAborted, match=r"worker 1 .*stall_timeout"):
+        trainer.train(df)
+    assert time.monotonic() - started < 120
+    assert not [t for t in threading.enumerate() if t.name.startswith("distkeras-ps")]
