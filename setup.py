@@ -19,8 +19,8 @@ setup(
     ],
     extras_require={
         "demo": ["mlxtend>=0.23"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "mlxtend>=0.23", "scikit-learn>=1.4",
-                 "ruff>=0.5"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6", "mlxtend>=0.23",
+                 "scikit-learn>=1.4", "ruff>=0.5"],
         "plots": ["matplotlib>=3.8"],
     },
     license="Apache-2.0",
