@@ -21,6 +21,8 @@ _EXPORTS = {
     "history": ["History"],
     "parameter_server": ["ParameterServer", "ServerConfig", "TrainingAborted"],
     "spark": ["local_session"],
+    "predictors": ["ModelPredictor"],
+    "evaluators": ["AccuracyEvaluator"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

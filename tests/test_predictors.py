@@ -67,14 +67,26 @@ def test_predictions_equal_model_predict_for_vector_and_array_columns(trained, h
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_flat_rows_are_reshaped_to_the_model_input_shape(spark, held_out):
+def test_flat_rows_are_reshaped_to_the_model_input_shape_custom_layer_included(spark, held_out):
     import keras
 
     from distkeras.predictors import ModelPredictor
 
+    @keras.saving.register_keras_serializable(package="distkeras_test_predictors")
+    class Shift(keras.layers.Layer):  # defined here: shipped to the workers by value
+        def __init__(self, by=0.0, **kwargs):
+            super().__init__(**kwargs)
+            self.by = by
+
+        def call(self, inputs):
+            return inputs + self.by
+
+        def get_config(self):
+            return {**super().get_config(), "by": self.by}
+
     df, xt, _ = held_out
     keras.utils.set_random_seed(2)
-    conv = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3),
+    conv = keras.Sequential([keras.Input((28, 28, 1)), Shift(0.5), keras.layers.Conv2D(4, 3),
                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
     (got,) = by_id(ModelPredictor(conv, "features", "scores", 100).predict(df), "scores")
     np.testing.assert_allclose(got, conv.predict(xt.reshape(-1, 28, 28, 1), verbose=0),

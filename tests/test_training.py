@@ -164,8 +164,11 @@ def test_failed_spark_job_stops_the_server(spark):
     # label 12 does not exist in a 10-class model; without the validation pass only the
     # worker finds out, and its Spark task fails
     df = spark.createDataFrame([([0.0] * 784, 12)] * 64, ["features", "label"])
-    with pytest.raises(Exception):  # noqa: B017 - Spark wraps the worker's IndexError
+    with pytest.raises(IndexError) as raised:  # the worker's own exception, not the JVM's
         make_trainer(num_workers=2).train(df, validate=False)
+    notes = "\n".join(getattr(raised.value, "__notes__", []))
+    assert "raised in a Spark worker" in notes and "distkeras/data.py" in notes
+    assert "\tat org.apache" not in notes
     assert not [t for t in threading.enumerate() if t.name.startswith("distkeras-ps")]
 
 
@@ -191,7 +194,9 @@ def test_ragged_rows_fail_before_training(spark):
 def test_nan_during_training_stops_with_a_clear_error(spark):
     rows = [([float("nan")] * 784, 1)] * 64
     df = spark.createDataFrame(rows, ["features", "label"])
-    with pytest.raises(Exception, match="(loss is nan|weights became NaN)"):
+    from distkeras.workers import WorkerError
+
+    with pytest.raises(WorkerError, match="(loss is nan|weights became NaN)"):
         make_trainer(num_workers=1).train(df, validate=False)
 
 
