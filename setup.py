@@ -15,7 +15,8 @@ setup(
         "numpy>=2",
         "cloudpickle>=3",
         "pyarrow>=15",
-        "pandas>=2",
+        "pandas>=2.2,<3",
+        "tqdm>=4.66",
     ],
     extras_require={
         "demo": ["mlxtend>=0.23"],

@@ -54,6 +54,8 @@ class History:
         #: True for a synchronous run (rounds at the server); None when nobody said. Only
         #: used to split a worker's time into training and waiting for its round.
         self.synchronous: bool | None = None
+        #: per-epoch values as Keras' ``History.history``: "loss", "val_loss", "val_<metric>"
+        self.history: dict[str, list[float]] = {}
         self._t0 = time.monotonic()
 
     # ---- recording (called by the parameter server) ----------------------------------

@@ -78,6 +78,7 @@ class ParameterServer:
         self._acceptor: threading.Thread | None = None
         self._stopping = threading.Event()
         self.error: str | None = None
+        self.stopped_early: str | None = None  # why the driver ended training early
         self.rejected_connections = 0
         # synchronous rendezvous: who still trains, who committed this round
         self._active = set(range(self.num_workers))
@@ -175,6 +176,19 @@ class ParameterServer:
                     self._on_abort(reason)
                 except Exception as error:  # noqa: BLE001 - the abort itself must stand
                     log.warning("distkeras: abort callback failed: %s", error)
+
+    def snapshot(self) -> np.ndarray:
+        """A consistent copy of the centre variable."""
+        with self._lock:
+            return self.center.copy()
+
+    def stop_early(self, reason: str) -> None:
+        """End training gracefully: every worker's next request is answered STOP, after which
+        it leaves without error (the Spark job completes)."""
+        with self._lock:
+            if self.stopped_early is None:
+                self.stopped_early = reason
+            self._round.notify_all()
 
     def _watch(self) -> None:
         """Stop the run when a connected worker has been silent for ``stall_timeout``."""
@@ -337,6 +351,8 @@ class ParameterServer:
                 samples: int, cursor: int, loss: float) -> tuple[int, int]:
         if self.error is not None:
             return wire.Status.ABORTED, self.clock
+        if self.stopped_early is not None:
+            return wire.Status.STOP, self.clock
         if op == wire.Op.METRICS:
             self.history.add_metrics(session.worker, loss, samples)
             return wire.Status.OK, self.clock
@@ -386,7 +402,7 @@ class ParameterServer:
             my_round = self._round_no
             self._maybe_end_round()
             while self._round_no == my_round and self.error is None \
-                    and not self._stopping.is_set():
+                    and self.stopped_early is None and not self._stopping.is_set():
                 waited = time.monotonic() - self._round_started
                 if waited > self.config.round_timeout:
                     missing = sorted(self._active - self._arrived)
@@ -397,7 +413,8 @@ class ParameterServer:
                     break
                 self._round.wait(timeout=min(1.0, self.config.round_timeout))
             if self._round_no == my_round:
-                return wire.Status.ABORTED, self.clock
+                status = wire.Status.STOP if self.stopped_early else wire.Status.ABORTED
+                return status, self.clock
             if op == wire.Op.COMMIT_PULL:
                 self._pull(session, outbox)
             return wire.Status.OK, self.clock

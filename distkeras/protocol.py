@@ -64,6 +64,7 @@ class Status:
     BAD_LAYOUT = 3
     BUSY = 4
     ABORTED = 5  # the training run failed or stopped; the worker must stop too
+    STOP = 6  # the driver ended training early (early stopping): finish cleanly
 
     MESSAGES = {
         BAD_VERSION: "protocol version mismatch between worker and parameter server",
@@ -71,6 +72,7 @@ class Status:
         BAD_LAYOUT: "model layout (shapes/dtypes) differs from the parameter server's",
         BUSY: "parameter server refused the connection: too many connections",
         ABORTED: "training was aborted on the driver",
+        STOP: "training was stopped early by the driver",
     }
 
 

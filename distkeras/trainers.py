@@ -6,9 +6,7 @@ everything else is shared by :class:`Trainer`.
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
-import importlib
 import logging
 import math
 import time
@@ -23,52 +21,15 @@ from . import algorithms, protocol
 from .checkpoint import load as load_checkpoint
 from .data import plan_columns, plan_rdd_columns
 from .data import validate as validate_data
+from .errors import worker_exception
 from .history import History
 from .models import blueprint
+from .monitor import EpochEnd, Monitor, collect_numpy
 from .parameter_server import ParameterServer, ServerConfig, TrainingAborted
 from .spark import driver_address, is_connect, task_slots
 from .workers import REPORT_SCHEMA, WorkerSpec, run_arrow_task, run_rdd_task
 
 log = logging.getLogger(__name__)
-
-
-class WorkerFailed(RuntimeError):
-    """A Spark worker raised an exception that is not a Python built-in or distkeras error."""
-
-
-def worker_exception(error: BaseException) -> BaseException | None:
-    """The worker's own exception, rebuilt from a Spark error, with the worker's Python
-    traceback as a note instead of the JVM stack; None when ``error`` holds none."""
-    text = str(error)
-    start = text.rfind("Traceback (most recent call last):")
-    if start < 0:
-        return None
-    lines = []
-    for line in text[start:].splitlines():
-        if line.startswith(("\t", "JVM stacktrace")):  # the JVM's part of the story
-            break
-        lines.append(line)
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        return None
-    name, _, message = lines[-1].partition(": ")
-    module, _, short = name.rpartition(".")
-    candidate = getattr(builtins, name, None) if not module else None
-    if module.startswith("distkeras") or module.startswith("pyspark"):
-        try:
-            candidate = getattr(importlib.import_module(module), short, None)
-        except ImportError:
-            candidate = None
-    if not (isinstance(candidate, type) and issubclass(candidate, Exception)):
-        candidate, message = WorkerFailed, lines[-1]
-    try:
-        own = candidate(message)
-    except Exception:  # noqa: BLE001 - an exception class with another signature
-        own = WorkerFailed(lines[-1])
-    own.add_note("raised in a Spark worker; its traceback:\n" + "\n".join(lines))
-    own.spark_error = error
-    return own
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -135,7 +96,9 @@ class Trainer:
 
     # ---- the run ----------------------------------------------------------------------
     def train(self, data, shuffle: bool | None = None, repartition: bool = True,
-              validate: bool = True, resume_from: str | None = None):
+              validate: bool = True, resume_from: str | None = None,
+              validation_data=None, early_stopping_patience: int | None = None,
+              early_stopping_min_delta: float = 0.0, restore_best_weights: bool = True):
         """Train on ``data`` and return a keras.Model holding the final centre variable.
 
         ``data`` is a DataFrame (classic or Spark Connect; workers read it as Arrow record
@@ -146,6 +109,14 @@ class Trainer:
         ``resume_from`` continues a run from its checkpoint (``checkpoint_path``): the centre
         variable, the clock and every partition's cursor, so that no batch is trained twice
         (give the same data, ``num_workers`` and batch size as the interrupted run).
+
+        ``validation_data`` (a DataFrame with the same columns) is evaluated on the centre
+        variable after every epoch, into ``history.history["val_loss"]`` and
+        ``"val_<metric>"`` as Keras does; with ``early_stopping_patience`` the run stops when
+        ``val_loss`` (``loss`` without validation data) has not improved by
+        ``early_stopping_min_delta`` for that many epochs, and the best centre variable is
+        returned (``restore_best_weights``). With ``checkpoint_path`` the centre variable is
+        also saved after every epoch.
         """
         started = time.time()
         shuffle = self.shuffle if shuffle is None else shuffle
@@ -154,12 +125,12 @@ class Trainer:
         if is_rdd:
             spark, sc = None, data.context
             plan = plan_rdd_columns(data, self.keras_model, loss)
+            rows = data.count() if validate else None
         else:
             spark = data.sparkSession
             sc = None if is_connect(spark) else spark.sparkContext
             plan = plan_columns(data, self.features_col, self.label_col, self.keras_model, loss)
-            if validate:
-                validate_data(data, plan)
+            rows = validate_data(data, plan) if validate else None
         bp = blueprint(self.keras_model, self.worker_optimizer, self.loss, self.metrics)
         weights = self.keras_model.get_weights()
         layout = protocol.Layout.of(weights)
@@ -186,12 +157,23 @@ class Trainer:
                           self.batch_size, self.num_epoch, self.communication_window,
                           self.exchange_each_epoch, self.returns_replicas, shuffle, seed)
         shipped = sc.broadcast(spec) if sc is not None else None
+        held_out = None
+        if validation_data is not None:
+            held_out = collect_numpy(validation_data, plan_columns(
+                validation_data, self.features_col, self.label_col, self.keras_model, loss))
+        epoch_end = EpochEnd(server, bp, layout, held_out, self.batch_size,
+                             early_stopping_patience, early_stopping_min_delta, self._say)
+        monitor = Monitor(server, rows, self.num_epoch, self.verbose, epoch_end,
+                          name=type(self).__name__)
+        completed = False
         try:
+            monitor.start()
             self._tag(sc, spark, tag)
             if is_rdd:
                 self.worker_reports = self._run_rdd(data, spec, shipped, repartition)
             else:
                 self.worker_reports = self._run_arrow(data, plan, spec, shipped, repartition)
+            completed = True
         except BaseException as error:
             self._interrupt(sc, spark, tag)
             if server.error:
@@ -201,6 +183,7 @@ class Trainer:
                 raise own from None
             raise
         finally:
+            monitor.finish(completed and server.error is None)
             server.stop()
             self.parameter_server = None
             self._untag(sc, spark, tag)
@@ -208,6 +191,8 @@ class Trainer:
                 shipped.unpersist(blocking=False)
         if server.error:
             raise TrainingAborted(server.error)
+        if restore_best_weights and epoch_end.best is not None and server.stopped_early:
+            center[:] = epoch_end.best
         model = self._result(bp, layout, center)
         self._training_time = time.time() - started
         self._say(f"distkeras: trained in {self._training_time:.1f}s, "

@@ -27,6 +27,10 @@ class WorkerError(RuntimeError):
     """Training on a partition cannot go on (server refused, run aborted, loss diverged)."""
 
 
+class StopTraining(Exception):  # noqa: N818 - a signal, not an error
+    """The driver ended training early: the worker leaves cleanly."""
+
+
 class ServerLink:
     """A worker's connection to the parameter server: handshake, then framed requests."""
 
@@ -68,6 +72,8 @@ class ServerLink:
         wire.send_frame(self._sock, header, payload)
         wire.recv_exact(self._sock, memoryview(self._reply))
         status, flags, self.clock, size = wire.REPLY.unpack(self._reply)
+        if status == wire.Status.STOP:
+            raise StopTraining()
         if status != wire.Status.OK:
             raise WorkerError(f"worker {self.worker}: "
                               f"{wire.Status.MESSAGES.get(status, f'status {status}')}")
@@ -148,13 +154,22 @@ def train_partition(spec: WorkerSpec, partition: int, xs: list[np.ndarray],
     model = spec.blueprint.build(spec.algorithm.worker_optimizer(spec.blueprint.optimizer))
     link = ServerLink(spec.address, spec.token, spec.layout, partition, attempt)
     resume_after = link.cursor
+    window = {"steps": 0, "loss": 0.0, "samples": 0}
+    done = {"commits": 0, "samples": 0}
+    first_batch_at = None
+
+    def commit(last_batch: int) -> None:
+        _exchange(spec, model, link, w, w0, window["steps"], window["loss"], window["samples"],
+                  last_batch)
+        done["commits"] += 1
+        done["samples"] += window["samples"]
+        window.update(steps=0, loss=0.0, samples=0)
+
     try:
         w0 = link.pull().copy()
         w = w0.copy()
         model.set_weights(spec.layout.unflatten(w))
-        first_batch_at = None
         batches_per_epoch = math.ceil(num_rows / spec.batch_size) if num_rows else 0
-        steps, window_loss, window_samples, commits, trained = 0, 0.0, 0, 0, 0
         for epoch in range(spec.num_epoch):
             order = batch_order(spec, partition, epoch, num_rows)
             for b in range(batches_per_epoch):
@@ -170,31 +185,23 @@ def train_partition(spec: WorkerSpec, partition: int, xs: list[np.ndarray],
                     raise WorkerError(f"worker {partition}: training loss is {loss} at epoch "
                                       f"{epoch}, batch {b}; lower the learning rate or check "
                                       f"the data for NaN/inf")
-                steps += 1
-                window_loss += loss
-                window_samples += len(index)
-                if steps >= spec.window:
-                    _exchange(spec, model, link, w, w0, steps, window_loss, window_samples,
-                              batch_index)
-                    commits += 1
-                    trained += window_samples
-                    steps, window_loss, window_samples = 0, 0.0, 0
-            if spec.exchange_each_epoch and steps:
-                _exchange(spec, model, link, w, w0, steps, window_loss, window_samples,
-                          (epoch + 1) * batches_per_epoch - 1)
-                commits += 1
-                trained += window_samples
-                steps, window_loss, window_samples = 0, 0.0, 0
-        if steps:  # the last partial window is committed, not dropped
-            _exchange(spec, model, link, w, w0, steps, window_loss, window_samples,
-                      spec.num_epoch * batches_per_epoch - 1)
-            commits += 1
-            trained += window_samples
+                window["steps"] += 1
+                window["loss"] += loss
+                window["samples"] += len(index)
+                if window["steps"] >= spec.window:
+                    commit(batch_index)
+            if spec.exchange_each_epoch and window["steps"]:
+                commit((epoch + 1) * batches_per_epoch - 1)
+        if window["steps"]:  # the last partial window is committed, not dropped
+            commit(spec.num_epoch * batches_per_epoch - 1)
         link.bye()
+    except StopTraining:
+        pass  # the driver ended training early (early stopping): leave cleanly
     finally:
         link.close()
+    commits, trained = done["commits"], done["samples"]
     return {"worker": partition, "attempt": attempt, "rows": num_rows, "commits": commits,
-            "weights": w if spec.return_weights else None,
+            "weights": spec.layout.flatten(model.get_weights()) if spec.return_weights else None,
             "samples": trained, "resumed_after": resume_after, "started": started,
             "first_batch": first_batch_at, "finished": time.time(), "host": socket.gethostname(),
             "pid": os.getpid()}

@@ -233,3 +233,30 @@ def test_multi_input_multi_output_model_from_several_columns(spark, digits):
     digit_out, parity_out = trained.predict([xt[:, :392], xt[:, 392:]], verbose=0)
     assert (digit_out.argmax(axis=1) == yt).mean() > 0.8
     assert ((parity_out[:, 0] > 0.5) == (yt % 2 == 1)).mean() > 0.75
+
+
+def test_validation_history_and_early_stopping(spark, digits_df, digits):
+    from pyspark.ml.linalg import Vectors
+
+    x, y, xt, yt = digits
+    held_out = spark.createDataFrame([(Vectors.dense(r), int(v)) for r, v in
+                                      zip(xt[:500], yt[:500])], ["features", "label"])
+    trainer = distkeras.DOWNPOUR(mlp(), worker_optimizer="adam", loss="categorical_crossentropy",
+                                 metrics=["accuracy"], num_workers=2, num_epoch=4, verbose=0)
+    trainer.train(digits_df, validation_data=held_out)
+    h = trainer.history.history
+    assert len(h["val_loss"]) == 4 and len(h["loss"]) == 4 and len(h["val_accuracy"]) == 4
+    assert h["val_loss"][-1] < h["val_loss"][0]
+    assert h["val_accuracy"][-1] > 0.85
+
+    # a patience of 1 with an impossible min_delta stops after the second epoch
+    stopper = distkeras.DOWNPOUR(mlp(), worker_optimizer="adam",
+                                 loss="categorical_crossentropy", num_workers=2, num_epoch=20,
+                                 verbose=0)
+    model = stopper.train(digits_df, validation_data=held_out, early_stopping_patience=1,
+                          early_stopping_min_delta=10.0)
+    assert stopper.parameter_server is None
+    assert len(stopper.history.history["val_loss"]) < 6
+    # the driver decides between polls while the workers go on: it stops well before the end
+    assert stopper.history.samples_applied < 4000 * 20
+    assert accuracy(model, xt, yt) > 0.8  # the best (first) epoch's centre variable
