@@ -28,6 +28,8 @@ COLUMNS = ["time", "worker", "clock", "staleness", "loss", "samples", "committed
 
 @dataclass(frozen=True)
 class Commit:
+    """One record: a worker's window reached the server (or only its loss did)."""
+
     time: float  # seconds since the server started
     worker: int  # Spark partition index
     clock: int  # server clock after this commit was applied (-1: a loss report, no update)
@@ -44,8 +46,12 @@ class Commit:
 class History:
     """Commits in arrival order plus per-worker bookkeeping; cheap to append to.
 
-    The parameter server's threads append; readers work on a snapshot, so a history can be
-    summarised or plotted while training is still running.
+    ``records`` holds every :class:`Commit`, ``finished`` maps a worker to the time it said
+    goodbye, ``synchronous`` says whether the run met in rounds (None: unknown), and
+    ``history`` holds per-epoch values as Keras' ``History.history`` does (``loss``, and
+    ``val_loss``/``val_<metric>`` of the centre variable when ``train`` got validation
+    data). The parameter server's threads append; readers work on a snapshot, so a history
+    can be summarised or plotted while training is still running.
     """
 
     def __init__(self) -> None:
@@ -60,9 +66,11 @@ class History:
 
     # ---- recording (called by the parameter server) ----------------------------------
     def start(self) -> None:
+        """Time zero: the server calls it when it starts listening."""
         self._t0 = time.monotonic()
 
     def elapsed(self) -> float:
+        """Seconds since :meth:`start`."""
         return time.monotonic() - self._t0
 
     def add_commit(self, worker: int, clock: int, staleness: int, loss: float,
@@ -78,11 +86,13 @@ class History:
         self.records.append(Commit(when, worker, -1, 0, loss, samples))
 
     def add_finished(self, worker: int, *, at: float | None = None) -> None:
+        """The worker said goodbye: it has no more data (it leaves synchronous rounds)."""
         self.finished[worker] = self.elapsed() if at is None else float(at)
 
     # ---- views -------------------------------------------------------------------------
     @property
     def commits(self) -> list[Commit]:
+        """The records that changed the centre variable (loss reports left out)."""
         return [r for r in list(self.records) if r.committed]
 
     @property

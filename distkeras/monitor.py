@@ -61,6 +61,15 @@ class Monitor(threading.Thread):
             "elapsed": elapsed,
         }
 
+    def say(self, message: str) -> None:
+        """A line for the user that does not break the progress bar."""
+        if not self.verbose:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
     def _show(self, final: bool = False) -> None:
         if not self.verbose:
             return
@@ -112,9 +121,12 @@ class Monitor(threading.Thread):
             self.join(timeout=30)
         if completed:
             self._run_epochs(self.epochs)
-        self._show(final=True)
         if self._bar is not None:
+            self._show()
             self._bar.close()
+            self._bar = None
+        else:
+            self._show(final=True)
 
 
 def collect_numpy(dataframe, plan) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -162,7 +162,8 @@ class Trainer:
             held_out = collect_numpy(validation_data, plan_columns(
                 validation_data, self.features_col, self.label_col, self.keras_model, loss))
         epoch_end = EpochEnd(server, bp, layout, held_out, self.batch_size,
-                             early_stopping_patience, early_stopping_min_delta, self._say)
+                             early_stopping_patience, early_stopping_min_delta,
+                             lambda message: monitor.say(message))
         monitor = Monitor(server, rows, self.num_epoch, self.verbose, epoch_end,
                           name=type(self).__name__)
         completed = False
