@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean java
+.PHONY: demo test lint api clean java
 
 java:
 	@command -v java >/dev/null 2>&1 || [ -x "$$JAVA_HOME/bin/java" ] || { \
@@ -29,7 +29,10 @@ test: java $(VENV)/.test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check distkeras tests bench examples
+	$(BIN)/ruff check distkeras tests bench examples docs
+
+api: $(VENV)/.test
+	$(BIN)/python docs/gen_api.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache spark-warehouse

@@ -21,7 +21,8 @@ setup(
     extras_require={
         "demo": ["mlxtend>=0.23"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6", "mlxtend>=0.23",
-                 "scikit-learn>=1.4", "ruff>=0.5"],
+                 "scikit-learn>=1.4", "ruff>=0.5", "matplotlib>=3.8", "nbclient>=0.10",
+                 "nbformat>=5.10", "ipykernel>=6.29"],
         "plots": ["matplotlib>=3.8"],
     },
     license="Apache-2.0",

@@ -79,11 +79,18 @@ class Monitor(threading.Thread):
             if self._bar is None:
                 from tqdm.auto import tqdm
 
+                try:  # tqdm.auto in a notebook without ipywidgets warns; use the text bar
+                    import ipywidgets  # noqa: F401
+                except ImportError:
+                    from tqdm.std import tqdm
+
                 self._bar = tqdm(total=total, unit="samples", desc=self.label,
                                  dynamic_ncols=True, leave=True)
             self._bar.n = s["samples"]
-            self._bar.set_postfix(loss=f"{s['loss']:.4f}", commits_s=f"{s['commits_per_s']:.1f}",
-                                  staleness=f"{s['staleness']:.1f}", refresh=False)
+            if s["commits"]:
+                self._bar.set_postfix(loss=f"{s['loss']:.4f}",
+                                      commits_s=f"{s['commits_per_s']:.1f}",
+                                      staleness=f"{s['staleness']:.1f}", refresh=False)
             self._bar.refresh()
         elif final or time.monotonic() - self._logged >= self.log_every:
             self._logged = time.monotonic()

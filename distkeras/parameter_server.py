@@ -59,6 +59,7 @@ class ParameterServer:
         self.num_workers = int(num_workers)
         self.config = config or ServerConfig()
         self.history = History()
+        self.history.synchronous = algorithm.synchronous
         self.clock = int(clock)
         self.cursors: dict[int, int] = dict(cursors or {})
         self.seed = int(seed)  # saved with checkpoints: batch order depends on it
