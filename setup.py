@@ -9,7 +9,7 @@ setup(
     packages=find_packages(include=["distkeras", "distkeras.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "pyspark>=4.0",
+        "pyspark[connect]>=4.0",
         "tensorflow>=2.16",
         "keras>=3.0",
         "numpy>=2",

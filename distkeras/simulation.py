@@ -56,7 +56,7 @@ from .algorithms import Algorithm, Session
 from .history import History
 from .workers import WorkerError, batch_order
 
-__all__ = ["SimulationResult", "Speeds", "shards", "simulate", "simulate_trainer",
+__all__ = ["SimulationResult", "Speeds", "Trace", "shards", "simulate", "simulate_trainer",
            "spark_partitions"]
 
 
@@ -102,6 +102,33 @@ class Speeds:
         start = rng.uniform(0.0, self.start_spread, num_workers) if self.start_spread \
             else np.zeros(num_workers)
         return mean, start
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The order of events of a real run, to replay it instead of drawing speeds.
+
+    Virtual time is the server clock: a worker's j-th commit happens at the clock value the
+    real server gave it, and its first pull just before the first commit it did not see
+    (``clock - staleness`` of its first commit). For algorithms whose worker commits and
+    pulls in one request (DOWNPOUR, AGN, ADAG, DynSGD, model averaging, EASGD) this fixes
+    every centre variable each worker saw, so a replay on the same shards and seed must end
+    with the real run's centre variable: a check of everything but the timing model.
+    """
+
+    first_pull: dict[int, float]
+    commits: dict[int, tuple[float, ...]]
+
+    @classmethod
+    def from_history(cls, history: History) -> Trace:
+        first_pull: dict[int, float] = {}
+        commits: dict[int, list[float]] = {}
+        for record in sorted(history.commits, key=lambda r: r.clock):
+            at = float(record.clock - 1)  # the clock before this commit was applied
+            if record.worker not in first_pull:
+                first_pull[record.worker] = at - record.staleness - 0.5
+            commits.setdefault(record.worker, []).append(at)
+        return cls(first_pull, {k: tuple(v) for k, v in commits.items()})
 
 
 @dataclass
@@ -312,6 +339,8 @@ class _Replica:
     w: np.ndarray = None
     w0: np.ndarray = None
     t: float = 0.0
+    exchanges: int = 0
+    replay: tuple[float, ...] | None = None  # exchange times from a Trace
 
     def next_step(self) -> float:
         if not self.jitter:
@@ -412,8 +441,8 @@ def simulate(algorithm: Algorithm, model: Any, x: np.ndarray, y: np.ndarray,
              num_workers: int, *, batch_size: int = 32, num_epoch: int = 1,
              window: float = 5, exchange_each_epoch: bool = False, optimizer: Any = "adam",
              loss: Any = None, seed: int = 0, shuffle: bool = True,
-             speeds: Speeds | None = None,
-             partitions: Sequence[np.ndarray] | None = None) -> SimulationResult:
+             speeds: Speeds | None = None, partitions: Sequence[np.ndarray] | None = None,
+             trace: Trace | None = None) -> SimulationResult:
     """Train ``model`` with ``algorithm`` on ``num_workers`` simulated workers.
 
     ``model`` gives the architecture and the initial centre variable (it is not changed);
@@ -422,8 +451,10 @@ def simulate(algorithm: Algorithm, model: Any, x: np.ndarray, y: np.ndarray,
     one-hot encoded for a categorical loss, as the real workers do. ``partitions`` (row
     indices per worker) replaces the default random equal split. ``window`` is
     ``communication_window`` (``math.inf``: exchange only at the end, or at each epoch's end
-    with ``exchange_each_epoch``). Raises :class:`~distkeras.workers.WorkerError` when
-    training diverges (NaN/inf), as a real worker would.
+    with ``exchange_each_epoch``). ``trace`` replays a real run's event order (see
+    :class:`Trace`) instead of drawing times from ``speeds``. Raises
+    :class:`~distkeras.workers.WorkerError` when training diverges (NaN/inf), as a real
+    worker would.
     """
     from .models import blueprint
 
@@ -449,15 +480,25 @@ def simulate(algorithm: Algorithm, model: Any, x: np.ndarray, y: np.ndarray,
     server = _Server(center, algorithm, num_workers)
     trainer = _Trainer(bp, algorithm, layout)
     step_times, starts = speeds.draw(num_workers, np.random.default_rng([seed, 1]))
+    latency = 0.0 if trace is not None else speeds.latency
+    if trace is not None:
+        starts = np.array([trace.first_pull.get(k, 0.0) for k in range(num_workers)])
     replicas = [
         _Replica(k, x[part], y[part], float(step_times[k]), np.random.default_rng([seed, 3, k]),
                  _Link(server, k, layout.num_params), [v.copy() for v in trainer.fresh],
-                 speeds.jitter, t=float(starts[k]))
+                 speeds.jitter, t=float(starts[k]),
+                 replay=None if trace is None else trace.commits.get(k, ()))
         for k, part in enumerate(parts)]
     order_spec = SimpleNamespace(seed=int(seed), shuffle=bool(shuffle))
 
     def exchange(replica: _Replica, batches: list[np.ndarray],
                  last_batch: int) -> Generator[float | None, None, None]:
+        if replica.replay is not None:
+            if replica.exchanges >= len(replica.replay):
+                raise ValueError(f"the trace has {len(replica.replay)} commits for worker "
+                                 f"{replica.index}; the configuration makes more")
+            replica.t = replica.replay[replica.exchanges]
+        replica.exchanges += 1
         yield replica.t  # the window's steps end at this virtual time
         loss_sum, samples = trainer.train(replica, batches)
         link = replica.link
@@ -472,7 +513,7 @@ def simulate(algorithm: Algorithm, model: Any, x: np.ndarray, y: np.ndarray,
         calls.pop(replica.index, None)
         if call.error is not None:
             raise call.error
-        replica.t = server.now + speeds.latency
+        replica.t = server.now + latency
         batches.clear()
 
     def worker(replica: _Replica) -> Generator[float | None, None, None]:
@@ -481,7 +522,7 @@ def simulate(algorithm: Algorithm, model: Any, x: np.ndarray, y: np.ndarray,
         yield replica.t
         replica.w0 = replica.link.pull().copy()
         replica.w = replica.w0.copy()
-        replica.t = server.now + speeds.latency
+        replica.t = server.now + latency
         per_epoch = math.ceil(rows / batch_size) if rows else 0
         window_batches: list[np.ndarray] = []
         for epoch in range(num_epoch):
@@ -495,7 +536,8 @@ def simulate(algorithm: Algorithm, model: Any, x: np.ndarray, y: np.ndarray,
                 yield from exchange(replica, window_batches, (epoch + 1) * per_epoch - 1)
         if window_batches:  # the last partial window is committed, not dropped
             yield from exchange(replica, window_batches, num_epoch * per_epoch - 1)
-        yield replica.t
+        # goodbye right after the last exchange (in a replay: before the next commit)
+        yield replica.t + (0.25 if replica.replay is not None else 0.0)
         server.leave(k)
 
     queue: list[tuple[float, int, int]] = []
@@ -534,7 +576,8 @@ def simulate(algorithm: Algorithm, model: Any, x: np.ndarray, y: np.ndarray,
 
 def simulate_trainer(trainer: Any, x: np.ndarray, y: np.ndarray, *,
                      speeds: Speeds | None = None,
-                     partitions: Sequence[np.ndarray] | None = None) -> SimulationResult:
+                     partitions: Sequence[np.ndarray] | None = None,
+                     trace: Trace | None = None) -> SimulationResult:
     """Simulate what ``trainer.train(df)`` would do on ``trainer.num_workers`` machines.
 
     Reads the trainer's algorithm, model, optimizer, loss, batch size, epochs, window, seed
@@ -549,4 +592,5 @@ def simulate_trainer(trainer: Any, x: np.ndarray, y: np.ndarray, *,
                     window=trainer.communication_window,
                     exchange_each_epoch=trainer.exchange_each_epoch,
                     optimizer=trainer.worker_optimizer, loss=trainer.loss, seed=trainer.seed,
-                    shuffle=trainer.shuffle, speeds=speeds, partitions=partitions)
+                    shuffle=trainer.shuffle, speeds=speeds, partitions=partitions,
+                    trace=trace)
