@@ -1,10 +1,13 @@
 """Training over Spark Connect, where RDDs do not exist: the Arrow path end to end.
 
-The suite starts a real Spark Connect server (its own process and JVM) on loopback.
+The suite starts a real Spark Connect server (its own process and JVM) on loopback and a
+client process (``connect_client.py``): a Connect session switches PySpark into Connect mode
+for its whole process, so it cannot share the suite's process with the classic session.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,11 +15,9 @@ import sys
 import threading
 
 import pytest
-from test_training import accuracy, mlp
 
-import distkeras
-
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(600)
+HERE = os.path.dirname(__file__)
 
 
 def free_port() -> int:
@@ -26,53 +27,40 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def remote(spark):  # the classic session starts first: one JVM per process stays the rule
+def connect_runs():
     port = free_port()
-    script = os.path.join(os.path.dirname(__file__), "connect_server.py")
-    server = subprocess.Popen([sys.executable, script, str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE")}
+    server = subprocess.Popen([sys.executable, os.path.join(HERE, "connect_server.py"),
+                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, env=env)
     ready = threading.Event()
     threading.Thread(target=lambda: server.stdout.readline() and ready.set(),
                      daemon=True).start()
     try:
         if not ready.wait(timeout=180):
             pytest.fail("the Spark Connect server did not start within 180 s")
-        from pyspark.sql import SparkSession
-
-        session = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").create()
-        yield session
-        session.stop()
+        client = subprocess.run([sys.executable, os.path.join(HERE, "connect_client.py"),
+                                 str(port)], capture_output=True, text=True, timeout=480,
+                                env=env)
+        assert client.returncode == 0, client.stderr[-3000:]
+        return {r["scenario"]: r for r in map(json.loads, client.stdout.splitlines())}
     finally:
         server.kill()
         server.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def remote_digits(remote, digits):
-    from pyspark.ml.linalg import Vectors
-
-    x, y, _, _ = digits
-    return remote.createDataFrame([(Vectors.dense(r), int(v)) for r, v in
-                                   zip(x[:2000], y[:2000])], ["features", "label"])
-
-
-def test_connect_session_is_remote(remote):
-    assert type(remote).__module__.startswith("pyspark.sql.connect")
+def test_connect_session_is_remote(connect_runs):
+    assert connect_runs["session"]["module"].startswith("pyspark.sql.connect")
 
 
 @pytest.mark.parametrize("name", ["ADAG", "EASGD"])
-def test_training_over_spark_connect(name, remote_digits, digits):
-    _, _, xt, yt = digits
-    trainer = getattr(distkeras, name)(mlp(), loss="categorical_crossentropy", num_workers=2,
-                                       num_epoch=2, verbose=0, communication_window=3)
-    model = trainer.train(remote_digits)
-    assert trainer.history.samples_applied == 4000
-    assert {r["worker"] for r in trainer.worker_reports} == {0, 1}
-    assert accuracy(model, xt, yt) > 0.75  # 2 epochs of 2,000 digits: learning, not the bar
+def test_training_over_spark_connect(name, connect_runs):
+    run = connect_runs[name]
+    assert run["samples_applied"] == 4000  # 2,000 rows x 2 epochs, each applied once
+    assert run["workers"] == [0, 1]
+    assert run["accuracy"] > 0.75  # 2 epochs of 2,000 digits: learning, not the bar
 
 
-def test_bad_column_over_connect_fails_before_training(remote_digits):
-    trainer = distkeras.DOWNPOUR(mlp(), loss="categorical_crossentropy", verbose=0,
-                                 features_col="pixels")
-    with pytest.raises(distkeras.DataError, match="'pixels'"):
-        trainer.train(remote_digits)
+def test_bad_column_over_connect_fails_before_training(connect_runs):
+    assert "'pixels'" in (connect_runs["bad_column"]["error"] or "")
