@@ -263,6 +263,18 @@ def run_real(args: argparse.Namespace) -> int:
 
 
 # ---- simulated runs --------------------------------------------------------------------------
+def scaled_epochs(args: argparse.Namespace, n: int) -> int:
+    """``--scale-epochs N0``: enough epochs for every worker to train as many local steps as
+    a worker does at n = N0 (more workers hold fewer rows, hence fewer batches per epoch)."""
+    if not args.scale_epochs or n <= args.scale_epochs:
+        return args.epochs
+
+    def batches(workers: int) -> int:
+        return math.ceil(math.ceil(TRAIN / workers) / args.batch_size)
+
+    return max(args.epochs, round(args.epochs * batches(args.scale_epochs) / batches(n)))
+
+
 def run_sim(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from distkeras.simulation import Speeds, simulate_trainer
@@ -275,20 +287,25 @@ def run_sim(args: argparse.Namespace) -> int:
                         slowdown=args.slowdown, latency=args.latency,
                         start_spread=args.start_spread)
         for n in args.workers:
+            epochs = scaled_epochs(args, n)
+            run_args = argparse.Namespace(**{**vars(args), "epochs": epochs})
+            scenario = "stragglers" if fraction else \
+                "weak" if args.scale_epochs else "uniform"
             for seed in args.seeds:
                 for name in args.trainers:
                     if not wanted(name, n) or (fraction and name == "SingleTrainer"):
                         continue
                     workers = effective_workers(name, n)
                     log(f"scaling: simulated {name} n={workers} seed={seed} "
-                        f"stragglers={fraction:g}")
-                    record = {**common_fields(args, name, workers, seed), "mode": "simulated",
-                              "scenario": "stragglers" if fraction else "uniform",
+                        f"stragglers={fraction:g} epochs={epochs}")
+                    record = {**common_fields(run_args, name, workers, seed),
+                              "mode": "simulated", "scenario": scenario,
+                              "scale_epochs_from": args.scale_epochs,
                               "speed_spread": speeds.spread, "speed_jitter": speeds.jitter,
                               "stragglers": fraction, "slowdown": speeds.slowdown,
                               "latency": speeds.latency, "start_spread": speeds.start_spread}
                     try:
-                        trainer = make_trainer(name, workers, seed, args)
+                        trainer = make_trainer(name, workers, seed, run_args)
                         result = simulate_trainer(trainer, x, y, speeds=speeds)
                         record["algorithm"] = repr(trainer.algorithm)
                         record["accuracy"] = result.accuracy(xt, yt)
@@ -335,7 +352,7 @@ def load_records(paths: list[str]) -> list[dict[str, Any]]:
 def series_key(record: dict[str, Any]) -> str:
     if record["mode"] != "simulated":
         return record["mode"]  # real, replay, measured
-    return "simulated" if record.get("scenario", "uniform") == "uniform" else "stragglers"
+    return {"uniform": "simulated"}.get(record.get("scenario", "uniform"), record["scenario"])
 
 
 def aggregate(records: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
@@ -406,6 +423,9 @@ SERIES_STYLE = {
                   "capsize": 3, "label": "simulated: equal-ish workers"},
     "stragglers": {"marker": "^", "linestyle": ":", "color": "C3", "markerfacecolor": "white",
                    "capsize": 3, "label": "simulated: with stragglers"},
+    "weak": {"marker": "s", "linestyle": "-.", "color": "C2", "markerfacecolor": "white",
+             "capsize": 3, "label": "simulated: epochs grow with n (local steps per worker "
+                                    "held at their n = 16 value)"},
 }
 
 
@@ -485,7 +505,7 @@ def plot_staleness(stats: dict, trainers: list[str], path: str, title: str) -> N
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
                         color=f"C{i}", label=f"{trainer}, real Spark")
-        for series, color in (("simulated", "0.3"), ("stragglers", "C3")):
+        for series, color in (("simulated", "0.3"), ("stragglers", "C3"), ("weak", "C2")):
             by_n: dict[int, list[float]] = defaultdict(list)
             for (kind, trainer, n), v in stats.items():
                 if kind == series and trainer in COMMIT_AND_PULL and v[key] is not None:
@@ -538,7 +558,8 @@ def markdown_tables(stats: dict, trainers: list[str]) -> str:
     lines = []
     for series, heading in (("real", "Real Spark runs"),
                             ("simulated", "Simulated, equal-ish workers"),
-                            ("stragglers", "Simulated, with stragglers")):
+                            ("stragglers", "Simulated, with stragglers"),
+                            ("weak", "Simulated, epochs grow with n")):
         ns = sorted({k[2] for k in stats if k[0] == series})
         if not ns:
             continue
@@ -609,7 +630,7 @@ def markdown_tables(stats: dict, trainers: list[str]) -> str:
         stats.get(("simulated", "SingleTrainer", 1))
     if reference and reference["acc_mean"] is not None:
         ref = reference["acc_mean"]
-        series_list = [s for s in ("real", "simulated", "stragglers")
+        series_list = [s for s in ("real", "simulated", "stragglers", "weak")
                        if any(k[0] == s for k in stats)]
         lines += [f"#### Largest n up to which the mean accuracy stays within 2 / 5 points of "
                   f"SingleTrainer ({ref:.3f})", "",
@@ -635,7 +656,7 @@ def run_report(args: argparse.Namespace) -> int:
     stats = aggregate(records)
     present = {r["trainer"] for r in records}
     trainers = [t for t in TRAINERS if t in present]
-    first = records[0]
+    first = next((r for r in records if r["mode"] == "real"), records[0])
     setup = (f"MNIST 4,000 train / 1,000 held out, MLP 784-64-10, adam, batch "
              f"{first['batch_size']}, {first['epochs']} epochs, window {first['window']}")
     os.makedirs(args.figures, exist_ok=True)
@@ -708,6 +729,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="exchange round trip, in mean step times (default 0)")
     sim.add_argument("--start-spread", type=float, default=0.0,
                      help="workers start uniformly within this many step times (default 0)")
+    sim.add_argument("--scale-epochs", type=int, default=0, metavar="N0",
+                     help="for n > N0, more epochs: every worker trains as many local steps "
+                          "as at n = N0 (scenario 'weak'; default 0: off)")
     child = sub.add_parser("child", help=argparse.SUPPRESS)
     training_options(child, "1")
     child.add_argument("--n", type=int, required=True)

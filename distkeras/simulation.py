@@ -24,8 +24,14 @@ staleness. This module reproduces exactly that, and nothing else is approximated
 
 What is not modelled: wall-clock cost (network bandwidth, the server's own speed, Spark
 scheduling) and Hogwild's unlocked, interleaved writes (every commit is applied atomically).
-The shards are equal-sized random splits of the rows, not the rows Spark's ``repartition``
-would have chosen. Given a seed, a simulation is deterministic.
+The shards are equal-sized random splits of the rows (:func:`shards`) unless
+:func:`spark_partitions` gives the very rows Spark's ``repartition`` deals to each real
+worker. Given a seed, a simulation is deterministic.
+
+Two ways to tie a simulation to a real run: :meth:`Speeds.from_history` configures the
+workers' speeds and start times as a real run measured them, and :class:`Trace` replays a
+real run's exact commit order (on the same shards this reproduces the real centre variable
+bit for bit: see tests/test_simulation.py).
 
 Typical use::
 
@@ -71,6 +77,10 @@ class Speeds:
     Every exchange with the server costs ``latency`` (a round trip; the commit reaches the
     server when the window's last step ends). Workers start at a uniform random time in
     ``[0, start_spread]``.
+
+    ``measured_steps`` and ``measured_starts`` (one value per worker) replace the drawn mean
+    step times and start times: :meth:`from_history` fills them from a real run, so that a
+    simulation can be configured like the machines that run measured.
     """
 
     step_time: float = 1.0
@@ -80,6 +90,8 @@ class Speeds:
     slowdown: float = 4.0
     latency: float = 0.0
     start_spread: float = 0.0
+    measured_steps: tuple[float, ...] | None = None
+    measured_starts: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.step_time > 0:
@@ -92,8 +104,44 @@ class Speeds:
         if not self.slowdown >= 1.0:
             raise ValueError(f"slowdown must be >= 1, got {self.slowdown}")
 
+    @classmethod
+    def from_history(cls, history: History, batch_size: int, jitter: float = 0.1) -> Speeds:
+        """The speeds a real run's workers had, read from its parameter server's history.
+
+        A worker's step time is the time between its first and last commit over the steps
+        trained in between (samples / ``batch_size``: exchanges included); it started one
+        first window's worth of steps before its first commit.
+        """
+        steps: dict[int, float] = {}
+        starts: dict[int, float] = {}
+        for worker in history.workers:
+            mine = sorted((r for r in history.commits if r.worker == worker),
+                          key=lambda r: r.time)
+            if not mine:
+                continue
+            between = sum(r.samples for r in mine[1:]) / batch_size
+            span = mine[-1].time - mine[0].time
+            steps[worker] = span / between if between > 0 and span > 0 else math.nan
+            starts[worker] = mine[0].time
+        known = [v for v in steps.values() if math.isfinite(v)]
+        typical = float(np.median(known)) if known else 1.0
+        workers = range(max(steps, default=-1) + 1)
+        step = [steps.get(k, typical) if math.isfinite(steps.get(k, math.nan)) else typical
+                for k in workers]
+        first = [starts.get(k, 0.0) - step[k] * _first_steps(history, k, batch_size)
+                 for k in workers]
+        origin = min(first, default=0.0)
+        return cls(step_time=typical, spread=0.0, jitter=jitter,
+                   measured_steps=tuple(step), measured_starts=tuple(f - origin for f in first))
+
     def draw(self, num_workers: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(mean step time per worker, start time per worker)."""
+        if self.measured_steps is not None:
+            if len(self.measured_steps) != num_workers:
+                raise ValueError(f"measured speeds of {len(self.measured_steps)} workers for "
+                                 f"a simulation of {num_workers}")
+            starts = self.measured_starts or (0.0,) * num_workers
+            return np.array(self.measured_steps, dtype=float), np.array(starts, dtype=float)
         mean = self.step_time * np.exp(rng.normal(0.0, self.spread, num_workers)) \
             if self.spread else np.full(num_workers, self.step_time)
         slow = int(round(self.stragglers * num_workers))
@@ -102,6 +150,12 @@ class Speeds:
         start = rng.uniform(0.0, self.start_spread, num_workers) if self.start_spread \
             else np.zeros(num_workers)
         return mean, start
+
+
+def _first_steps(history: History, worker: int, batch_size: int) -> float:
+    first = min((r for r in history.commits if r.worker == worker), key=lambda r: r.time,
+                default=None)
+    return first.samples / batch_size if first is not None else 0.0
 
 
 @dataclass(frozen=True)
@@ -423,7 +477,9 @@ def spark_partitions(dataframe: Any, x: np.ndarray, num_workers: int,
     column = F.col(features_col)
     if dict(dataframe.dtypes)[features_col] == "vector":
         column = vector_to_array(column, "float32")
-    rows = frame.select(F.spark_partition_id().alias("part"), column.alias("f")).collect()
+    # keep the label column: pruning it would change what repartition sorts and deals out
+    rows = frame.select(F.spark_partition_id().alias("part"), column.alias("f"),
+                        label_col).collect()
     where: dict[bytes, list[int]] = {}
     for i, row in enumerate(np.ascontiguousarray(x, dtype=np.float32)):
         where.setdefault(row.tobytes(), []).append(i)
