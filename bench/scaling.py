@@ -289,11 +289,11 @@ def run_sim(args: argparse.Namespace) -> int:
         for n in args.workers:
             epochs = scaled_epochs(args, n)
             run_args = argparse.Namespace(**{**vars(args), "epochs": epochs})
-            scenario = "stragglers" if fraction else \
-                "weak" if args.scale_epochs else "uniform"
+            scenario = args.scenario or ("stragglers" if fraction else
+                                         "weak" if args.scale_epochs else "uniform")
             for seed in args.seeds:
                 for name in args.trainers:
-                    if not wanted(name, n) or (fraction and name == "SingleTrainer"):
+                    if not wanted(name, n) or (scenario != "uniform" and name == "SingleTrainer"):
                         continue
                     workers = effective_workers(name, n)
                     log(f"scaling: simulated {name} n={workers} seed={seed} "
@@ -420,9 +420,11 @@ SERIES_STYLE = {
     "real": {"marker": "o", "linestyle": "-", "color": "C0", "capsize": 3,
              "label": "real Spark, local[n] (mean ± std over seeds)"},
     "simulated": {"marker": "o", "linestyle": "--", "color": "C1", "markerfacecolor": "white",
-                  "capsize": 3, "label": "simulated: equal-ish workers"},
+                  "capsize": 3, "label": "simulated: steady workers (per-step jitter σ = 0.1)"},
     "stragglers": {"marker": "^", "linestyle": ":", "color": "C3", "markerfacecolor": "white",
                    "capsize": 3, "label": "simulated: with stragglers"},
+    "noisy": {"marker": "D", "linestyle": "--", "color": "C4", "markerfacecolor": "white",
+              "capsize": 3, "label": "simulated: noisy workers (per-step jitter σ = 1)"},
     "weak": {"marker": "s", "linestyle": "-.", "color": "C2", "markerfacecolor": "white",
              "capsize": 3, "label": "simulated: epochs grow with n (local steps per worker "
                                     "held at their n = 16 value)"},
@@ -492,7 +494,7 @@ def plot_staleness(stats: dict, trainers: list[str], path: str, title: str) -> N
     """Real runs: one line per asynchronous trainer. Simulated: one line per scenario, the
     mean over the commit-and-pull trainers (their simulated timing is the same: it depends
     on the speeds drawn from the seed, not on the algorithm)."""
-    fig = _figure((13.5, 5.4))
+    fig = _figure((13.5, 6.6))
     mean_ax, max_ax = fig.subplots(1, 2, sharex=True)
     ns = sorted({k[2] for k in stats if k[0] in SERIES_STYLE})
     line = np.array(ns, dtype=float)
@@ -505,7 +507,8 @@ def plot_staleness(stats: dict, trainers: list[str], path: str, title: str) -> N
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
                         color=f"C{i}", label=f"{trainer}, real Spark")
-        for series, color in (("simulated", "0.3"), ("stragglers", "C3"), ("weak", "C2")):
+        for series, color in (("simulated", "0.3"), ("noisy", "C4"), ("stragglers", "C3"),
+                              ("weak", "C2")):
             by_n: dict[int, list[float]] = defaultdict(list)
             for (kind, trainer, n), v in stats.items():
                 if kind == series and trainer in COMMIT_AND_PULL and v[key] is not None:
@@ -515,7 +518,8 @@ def plot_staleness(stats: dict, trainers: list[str], path: str, title: str) -> N
                 style = SERIES_STYLE[series]
                 ax.plot(xs, [float(np.mean(by_n[n])) for n in xs], marker=style["marker"],
                         linestyle=style["linestyle"], color=color, markerfacecolor="white",
-                        markersize=7, label=f"{style['label']} (DOWNPOUR, AGN, ADAG, DynSGD)")
+                        markersize=7,
+                        label=f"{style['label']}: mean of DOWNPOUR, AGN, ADAG, DynSGD")
         _log2_axis(ax, ns)
         ax.set_yscale("symlog", linthresh=1)
         ax.set_ylim(bottom=0)
@@ -524,9 +528,9 @@ def plot_staleness(stats: dict, trainers: list[str], path: str, title: str) -> N
         ax.set_title(f"{what} staleness over all commits of a run")
         ax.grid(alpha=0.3)
     handles, labels = mean_ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8.5, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8.5, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.13, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.2, 1, 0.95))
     fig.savefig(path)
 
 
@@ -534,6 +538,8 @@ def _cell(v: dict | None) -> str:
     if v is None:
         return "-"
     if v["acc_mean"] is None:
+        if v["errors"] == ["ValueError"]:  # the trainer refused its arguments before training
+            return "refused (ValueError)"
         return f"diverged ({v['failed']}/{v['seeds']})"
     cell = f"{v['acc_mean']:.3f} ± {v['acc_std']:.3f}"
     return cell + (f" ({v['failed']}/{v['seeds']} diverged)" if v["failed"] else "")
@@ -557,7 +563,8 @@ def holds(stats: dict, series: str, trainer: str, reference: float,
 def markdown_tables(stats: dict, trainers: list[str]) -> str:
     lines = []
     for series, heading in (("real", "Real Spark runs"),
-                            ("simulated", "Simulated, equal-ish workers"),
+                            ("simulated", "Simulated, steady workers"),
+                            ("noisy", "Simulated, noisy workers"),
                             ("stragglers", "Simulated, with stragglers"),
                             ("weak", "Simulated, epochs grow with n")):
         ns = sorted({k[2] for k in stats if k[0] == series})
@@ -590,8 +597,9 @@ def markdown_tables(stats: dict, trainers: list[str]) -> str:
                 lines.append(f"| {trainer} | " + " | ".join(cells) + " |")
         lines.append("")
 
-    for series, heading in (("simulated", "simulated with equal-ish workers (the model used "
-                                          "for n > 16)"),
+    for series, heading in (("simulated", "simulated with steady workers (per-step jitter "
+                                          "σ = 0.1)"),
+                            ("noisy", "simulated with noisy workers (per-step jitter σ = 1)"),
                             ("measured", "simulated with the real workers' measured speeds "
                                          "and start times")):
         agree = agreement(stats, series)
@@ -630,7 +638,7 @@ def markdown_tables(stats: dict, trainers: list[str]) -> str:
         stats.get(("simulated", "SingleTrainer", 1))
     if reference and reference["acc_mean"] is not None:
         ref = reference["acc_mean"]
-        series_list = [s for s in ("real", "simulated", "stragglers", "weak")
+        series_list = [s for s in ("real", "simulated", "noisy", "stragglers", "weak")
                        if any(k[0] == s for k in stats)]
         lines += [f"#### Largest n up to which the mean accuracy stays within 2 / 5 points of "
                   f"SingleTrainer ({ref:.3f})", "",
@@ -729,6 +737,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="exchange round trip, in mean step times (default 0)")
     sim.add_argument("--start-spread", type=float, default=0.0,
                      help="workers start uniformly within this many step times (default 0)")
+    sim.add_argument("--scenario", default=None,
+                     help="label of these runs in the report (default: 'uniform', or "
+                          "'stragglers' / 'weak' when those options are given); e.g. 'noisy' "
+                          "with --jitter 1")
     sim.add_argument("--scale-epochs", type=int, default=0, metavar="N0",
                      help="for n > N0, more epochs: every worker trains as many local steps "
                           "as at n = N0 (scenario 'weak'; default 0: off)")

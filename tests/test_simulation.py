@@ -184,6 +184,34 @@ def test_divergence_fails_like_a_real_worker(blobs):
             optimizer={"class_name": "SGD", "config": {"learning_rate": 1e38}})
 
 
+def test_easgd_diverges_past_its_stability_bound(blobs):
+    """Why the EASGD trainer refuses (n + 1) alpha >= 2: a round scales the gap between the
+    centre and the workers' mean by 1 - (n + 1) alpha. With 8 workers, alpha = 0.2 (factor
+    -0.8) trains; alpha = 0.3 (factor -1.7) sends the centre off, whatever the gradients do."""
+    x, y = blobs
+
+    def centre_norm(alpha):
+        result = run(blobs, algorithms.EASGD(rho=alpha / 0.1, learning_rate=0.1), 8,
+                     num_epoch=8, window=2,
+                     optimizer={"class_name": "SGD", "config": {"learning_rate": 0.1}})
+        return float(np.abs(result.weights).max()), result.accuracy(x, y)
+
+    stable_norm, stable_accuracy = centre_norm(0.2)
+    unstable_norm, unstable_accuracy = centre_norm(0.3)
+    assert stable_accuracy > 0.9
+    assert unstable_norm > 100 * stable_norm and unstable_accuracy < 0.5
+
+
+def test_easgd_trainer_rejects_an_unstable_elastic_rate():
+    import distkeras
+
+    with pytest.raises(ValueError, match=r"num_workers=64.*\(num_workers \+ 1\) \* alpha < 2"):
+        distkeras.EASGD(tiny_model(), loss="categorical_crossentropy", num_workers=64)
+    distkeras.EASGD(tiny_model(), loss="categorical_crossentropy", num_workers=32)  # 1.65: ok
+    distkeras.EASGD(tiny_model(), loss="categorical_crossentropy", num_workers=64,
+                    rho=0.9 / (64 * 0.01))
+
+
 def test_bad_speeds_are_rejected():
     with pytest.raises(ValueError, match="stragglers"):
         Speeds(stragglers=1.5)
