@@ -417,7 +417,7 @@ def agreement(stats: dict, series: str) -> list[dict[str, Any]]:
 
 
 SERIES_STYLE = {
-    "real": {"marker": "o", "linestyle": "-", "color": "C0", "capsize": 3,
+    "real": {"marker": "o", "linestyle": "-", "color": "C0", "capsize": 3, "zorder": 5,
              "label": "real Spark, local[n] (mean ± std over seeds)"},
     "simulated": {"marker": "o", "linestyle": "--", "color": "C1", "markerfacecolor": "white",
                   "capsize": 3, "label": "simulated: steady workers (per-step jitter σ = 0.1)"},
@@ -429,6 +429,10 @@ SERIES_STYLE = {
              "capsize": 3, "label": "simulated: epochs grow with n (local steps per worker "
                                     "held at their n = 16 value)"},
 }
+
+
+SERIES_HEADER = {"real": "real", "simulated": "steady (sim.)", "noisy": "noisy (sim.)",
+                 "stragglers": "stragglers (sim.)", "weak": "epochs grow (sim.)"}
 
 
 def _figure(size: tuple[float, float]) -> Any:
@@ -642,7 +646,8 @@ def markdown_tables(stats: dict, trainers: list[str]) -> str:
                        if any(k[0] == s for k in stats)]
         lines += [f"#### Largest n up to which the mean accuracy stays within 2 / 5 points of "
                   f"SingleTrainer ({ref:.3f})", "",
-                  "| trainer | " + " | ".join(series_list) + " |",
+                  "| trainer | " + " | ".join(SERIES_HEADER.get(x, x) for x in series_list)
+                  + " |",
                   "|---|" + "---:|" * len(series_list)]
         for trainer in trainers:
             if trainer == "SingleTrainer":

@@ -17,6 +17,8 @@ import pytest
 from test_training import BATCH, accuracy, mlp
 
 import distkeras
+from distkeras import checkpoint
+from distkeras.protocol import Layout
 
 ASYNC = ["DOWNPOUR", "AGN", "ADAG", "DynSGD", "AEASGD", "EAMSGD"]
 SCRIPT = os.path.join(os.path.dirname(__file__), "fault_script.py")
@@ -83,11 +85,17 @@ def test_checkpoint_resume_continues_where_the_run_stopped(spark, digits_df, dig
     assert 0 < done_first < 4000 * epochs
     assert os.path.exists(path)
 
+    saved = checkpoint.load(path, Layout.of(mlp().get_weights()))
+    assert saved.cursors  # something was committed before the cancel
+
     second = make()
     model = second.train(digits_df, resume_from=path)
     assert done_first + second.history.samples_applied == 4000 * epochs
+    # every partition resumed right after the last batch the checkpoint holds for it (-1: a
+    # partition that had committed nothing yet, e.g. one that started late on a busy machine)
     resumed = {r["worker"]: r["resumed_after"] for r in second.worker_reports}
-    assert min(resumed.values()) >= 0
+    assert resumed == {worker: saved.cursors.get(worker, -1) for worker in resumed}
+    assert max(resumed.values()) >= 0
 
     straight = distkeras.ADAG(mlp(), worker_optimizer="adam", loss="categorical_crossentropy",
                               num_workers=2, batch_size=BATCH, num_epoch=epochs, verbose=0,
