@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -416,23 +417,40 @@ def agreement(stats: dict, series: str) -> list[dict[str, Any]]:
     return rows
 
 
-SERIES_STYLE = {
-    "real": {"marker": "o", "linestyle": "-", "color": "C0", "capsize": 3, "zorder": 5,
-             "label": "real Spark, local[n] (mean ± std over seeds)"},
-    "simulated": {"marker": "o", "linestyle": "--", "color": "C1", "markerfacecolor": "white",
-                  "capsize": 3, "label": "simulated: steady workers (per-step jitter σ = 0.1)"},
-    "stragglers": {"marker": "^", "linestyle": ":", "color": "C3", "markerfacecolor": "white",
-                   "capsize": 3, "label": "simulated: with stragglers"},
-    "noisy": {"marker": "D", "linestyle": "--", "color": "C4", "markerfacecolor": "white",
-              "capsize": 3, "label": "simulated: noisy workers (per-step jitter σ = 1)"},
-    "weak": {"marker": "s", "linestyle": "-.", "color": "C2", "markerfacecolor": "white",
-             "capsize": 3, "label": "simulated: epochs grow with n (local steps per worker "
-                                    "held at their n = 16 value)"},
+@dataclass(frozen=True)
+class Series:
+    """One series of the report: how its runs are drawn, titled and named in columns."""
+
+    heading: str  # of its markdown tables
+    header: str  # its column in the summary table
+    style: dict  # matplotlib errorbar style of the accuracy figure (label included)
+    staleness_color: str | None = None  # None: not drawn in the staleness figure (real runs
+    # are drawn per trainer there)
+
+
+_HOLLOW = {"markerfacecolor": "white", "capsize": 3}
+SERIES = {  # in the order of the report's tables and columns
+    "real": Series("Real Spark runs", "real",
+                   {"marker": "o", "linestyle": "-", "color": "C0", "capsize": 3, "zorder": 5,
+                    "label": "real Spark, local[n] (mean ± std over seeds)"}),
+    "simulated": Series("Simulated, steady workers", "steady (sim.)",
+                        {"marker": "o", "linestyle": "--", "color": "C1", **_HOLLOW,
+                         "label": "simulated: steady workers (per-step jitter σ = 0.1)"},
+                        staleness_color="0.3"),
+    "noisy": Series("Simulated, noisy workers", "noisy (sim.)",
+                    {"marker": "D", "linestyle": "--", "color": "C4", **_HOLLOW,
+                     "label": "simulated: noisy workers (per-step jitter σ = 1)"},
+                    staleness_color="C4"),
+    "stragglers": Series("Simulated, with stragglers", "stragglers (sim.)",
+                         {"marker": "^", "linestyle": ":", "color": "C3", **_HOLLOW,
+                          "label": "simulated: with stragglers"},
+                         staleness_color="C3"),
+    "weak": Series("Simulated, epochs grow with n", "epochs grow (sim.)",
+                   {"marker": "s", "linestyle": "-.", "color": "C2", **_HOLLOW,
+                    "label": "simulated: epochs grow with n (local steps per worker held at "
+                             "their n = 16 value)"},
+                   staleness_color="C2"),
 }
-
-
-SERIES_HEADER = {"real": "real", "simulated": "steady (sim.)", "noisy": "noisy (sim.)",
-                 "stragglers": "stragglers (sim.)", "weak": "epochs grow (sim.)"}
 
 
 def _figure(size: tuple[float, float]) -> Any:
@@ -457,7 +475,7 @@ def plot_accuracy(stats: dict, trainers: list[str], path: str, title: str) -> No
     fig = _figure((4.3 * cols, 3.5 * rows + 1.0))
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
     reference = stats.get(("real", "SingleTrainer", 1))
-    ns = sorted({k[2] for k in stats if k[0] in SERIES_STYLE})
+    ns = sorted({k[2] for k in stats if k[0] in SERIES})
     for ax, trainer in zip(axes, shown):
         if reference and reference["acc_mean"] is not None:
             m, s = reference["acc_mean"], reference["acc_std"] or 0.0
@@ -465,13 +483,13 @@ def plot_accuracy(stats: dict, trainers: list[str], path: str, title: str) -> No
             ax.axhline(m, color="0.45", linewidth=1, zorder=1,
                        label="SingleTrainer: 1 worker, plain training (real)")
         ax.axhline(0.1, color="0.6", linewidth=0.8, linestyle=":", label="chance (0.10)")
-        for series, style in SERIES_STYLE.items():
+        for series, spec in SERIES.items():
             points = sorted((k[2], v) for k, v in stats.items()
                             if k[0] == series and k[1] == trainer and v["acc_mean"] is not None)
             if not points:
                 continue
             ax.errorbar([p[0] for p in points], [p[1]["acc_mean"] for p in points],
-                        yerr=[p[1]["acc_std"] or 0.0 for p in points], **style)
+                        yerr=[p[1]["acc_std"] or 0.0 for p in points], **spec.style)
             for x, v in points:
                 if v["failed"]:
                     ax.annotate(f"{v['failed']}/{v['seeds']} diverged", (x, v["acc_mean"]),
@@ -500,7 +518,7 @@ def plot_staleness(stats: dict, trainers: list[str], path: str, title: str) -> N
     on the speeds drawn from the seed, not on the algorithm)."""
     fig = _figure((13.5, 6.6))
     mean_ax, max_ax = fig.subplots(1, 2, sharex=True)
-    ns = sorted({k[2] for k in stats if k[0] in SERIES_STYLE})
+    ns = sorted({k[2] for k in stats if k[0] in SERIES})
     line = np.array(ns, dtype=float)
     asynchronous = [t for t in trainers if t in COMMIT_AND_PULL or t in ("AEASGD", "EAMSGD")]
     for ax, key, what in ((mean_ax, "stale_mean", "mean"), (max_ax, "stale_max", "max")):
@@ -511,15 +529,16 @@ def plot_staleness(stats: dict, trainers: list[str], path: str, title: str) -> N
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
                         color=f"C{i}", label=f"{trainer}, real Spark")
-        for series, color in (("simulated", "0.3"), ("noisy", "C4"), ("stragglers", "C3"),
-                              ("weak", "C2")):
+        for series, spec in SERIES.items():
+            if spec.staleness_color is None:
+                continue
             by_n: dict[int, list[float]] = defaultdict(list)
             for (kind, trainer, n), v in stats.items():
                 if kind == series and trainer in COMMIT_AND_PULL and v[key] is not None:
                     by_n[n].append(v[key])
             if by_n:
                 xs = sorted(by_n)
-                style = SERIES_STYLE[series]
+                style, color = spec.style, spec.staleness_color
                 ax.plot(xs, [float(np.mean(by_n[n])) for n in xs], marker=style["marker"],
                         linestyle=style["linestyle"], color=color, markerfacecolor="white",
                         markersize=7,
@@ -566,11 +585,7 @@ def holds(stats: dict, series: str, trainer: str, reference: float,
 
 def markdown_tables(stats: dict, trainers: list[str]) -> str:
     lines = []
-    for series, heading in (("real", "Real Spark runs"),
-                            ("simulated", "Simulated, steady workers"),
-                            ("noisy", "Simulated, noisy workers"),
-                            ("stragglers", "Simulated, with stragglers"),
-                            ("weak", "Simulated, epochs grow with n")):
+    for series, heading in ((key, spec.heading) for key, spec in SERIES.items()):
         ns = sorted({k[2] for k in stats if k[0] == series})
         if not ns:
             continue
@@ -642,11 +657,10 @@ def markdown_tables(stats: dict, trainers: list[str]) -> str:
         stats.get(("simulated", "SingleTrainer", 1))
     if reference and reference["acc_mean"] is not None:
         ref = reference["acc_mean"]
-        series_list = [s for s in ("real", "simulated", "noisy", "stragglers", "weak")
-                       if any(k[0] == s for k in stats)]
+        series_list = [s for s in SERIES if any(k[0] == s for k in stats)]
         lines += [f"#### Largest n up to which the mean accuracy stays within 2 / 5 points of "
                   f"SingleTrainer ({ref:.3f})", "",
-                  "| trainer | " + " | ".join(SERIES_HEADER.get(x, x) for x in series_list)
+                  "| trainer | " + " | ".join(SERIES[x].header for x in series_list)
                   + " |",
                   "|---|" + "---:|" * len(series_list)]
         for trainer in trainers:
