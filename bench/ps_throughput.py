@@ -104,6 +104,7 @@ def client_run(request: dict[str, Any], link_class: type,
                       worker=int(request["worker"]))
     try:
         update = np.full(layout.num_params, 1e-7, dtype=np.float32)
+        link.pull()  # a worker pulls before its first commit
         for _ in range(int(request["warmup"])):
             link.commit_and_pull(update)
         send({"ready": True})

@@ -39,6 +39,8 @@ class Session:
     pid: int = 0
     last_seen: float = 0.0  # time.monotonic() of the worker's last frame
     busy: bool = False  # the server is working on (or holding, in a round) its request
+    pulled: bool = False  # the worker has pulled the centre at least once (commits need it)
+    fenced: bool = False  # a newer attempt of the same partition took over: refuse it
     state: dict[str, Any] = field(default_factory=dict)
 
 

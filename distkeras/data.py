@@ -233,8 +233,17 @@ def plan_rdd_columns(rdd, model, loss=None) -> ColumnPlan:
                               one_hot, classes=expected if ls and expected > 1 else 0),))
 
 
+def _shower(dtype):
+    """How to print one value of a column of this Spark type in an error message."""
+    from pyspark.sql import types as T
+
+    if isinstance(dtype, T.FloatType):  # the shortest text that is this float32: 2.7
+        return lambda value: str(np.float32(value))
+    return str
+
+
 def validate(dataframe, plan: ColumnPlan) -> int:
-    """One Spark job over the data: row widths, NaN/inf, class indices in range, nulls.
+    """One Spark job over the data: row widths, NaN/inf, nulls, whole class indices in range.
 
     Returns the number of rows; raises :class:`DataError` naming the column, the expected and
     the actual values, before a single worker starts.
@@ -251,15 +260,26 @@ def validate(dataframe, plan: ColumnPlan) -> int:
                                  F.col(c.name).cast("double").isin(float("inf"), float("-inf")))
                                 .cast("long")).alias(f"{c.name}|nonfinite"))
             if c.classes:
+                value = col.cast("double")
+                outside = (value < 0) | (value >= c.classes)
+                fraction = value % 1 != 0  # no floor(): it returns a long, which overflows
                 checks.append(F.min(col).alias(f"{c.name}|min"))
                 checks.append(F.max(col).alias(f"{c.name}|max"))
+                for key, bad in (("outside", outside), ("fraction", fraction)):
+                    checks.append(F.sum(bad.cast("long")).alias(f"{c.name}|{key}"))
+                    checks.append(F.first(F.when(bad, col), ignorenulls=True)
+                                  .alias(f"{c.name}|{key}_example"))
         else:
             checks.append(F.sum((F.size(col) != c.width).cast("long")).alias(f"{c.name}|width"))
             checks.append(F.min(F.size(col)).alias(f"{c.name}|minwidth"))
             checks.append(F.max(F.size(col)).alias(f"{c.name}|maxwidth"))
+            # a null element: isnan(null) is false, so the NaN/inf check below misses it
+            null_element = F.exists(col, lambda x: x.isNull())
+            checks.append(F.sum(null_element.cast("long")).alias(f"{c.name}|nullelement"))
             nonfinite = F.exists(col, lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
             checks.append(F.sum(nonfinite.cast("long")).alias(f"{c.name}|nonfinite"))
     row = frame.agg(*checks).first().asDict()
+    types = {f.name: f.dataType for f in frame.schema.fields}
     for c in plan.columns:
         nulls = row.get(f"{c.name}|null") or 0
         if nulls:
@@ -268,13 +288,22 @@ def validate(dataframe, plan: ColumnPlan) -> int:
             raise DataError(f"column '{c.name}': expected {c.width} values in every row, found "
                             f"rows with {row[f'{c.name}|minwidth']} to "
                             f"{row[f'{c.name}|maxwidth']} ({row[f'{c.name}|width']} rows differ)")
+        if row.get(f"{c.name}|nullelement"):
+            raise DataError(f"column '{c.name}': expected {c.width} numbers in every row, "
+                            f"{row[f'{c.name}|nullelement']} row(s) hold a null among them")
         if row.get(f"{c.name}|nonfinite"):
             raise DataError(f"column '{c.name}': {row[f'{c.name}|nonfinite']} row(s) hold NaN "
                             f"or inf")
         if c.classes:
-            low, high = row[f"{c.name}|min"], row[f"{c.name}|max"]
-            if low < 0 or high >= c.classes or low != int(low) or high != int(high):
-                raise DataError(f"column '{c.name}': class indices must be integers in "
-                                f"[0, {c.classes}) for a model with {c.classes} outputs, found "
-                                f"values from {low} to {high}")
+            expected = (f"column '{c.name}': class indices must be integers in "
+                        f"[0, {c.classes}) for a model with {c.classes} outputs")
+            show = _shower(types[c.name])
+            if row[f"{c.name}|outside"]:
+                raise DataError(f"{expected}; {row[f'{c.name}|outside']} row(s) are outside it "
+                                f"(values from {show(row[f'{c.name}|min'])} to "
+                                f"{show(row[f'{c.name}|max'])}), found "
+                                f"{show(row[f'{c.name}|outside_example'])}")
+            if row[f"{c.name}|fraction"]:
+                raise DataError(f"{expected}; {row[f'{c.name}|fraction']} row(s) are not "
+                                f"whole numbers, found {show(row[f'{c.name}|fraction_example'])}")
     return int(row["rows"])

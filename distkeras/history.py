@@ -62,6 +62,10 @@ class History:
         self.synchronous: bool | None = None
         #: per-epoch values as Keras' ``History.history``: "loss", "val_loss", "val_<metric>"
         self.history: dict[str, list[float]] = {}
+        #: every worker connection the server accepted, in order: ``worker``, ``attempt``
+        #: (Spark's task attempt), ``host`` (the peer address the server saw), ``transport``
+        #: ("shm": payloads through shared memory, "tcp": through the socket) and ``time``
+        self.connections: list[dict[str, Any]] = []
         self._t0 = time.monotonic()
 
     # ---- recording (called by the parameter server) ----------------------------------
@@ -84,6 +88,12 @@ class History:
         """Loss of samples trained but not committed (header-only message)."""
         when = self.elapsed() if at is None else float(at)
         self.records.append(Commit(when, worker, -1, 0, loss, samples))
+
+    def add_connection(self, worker: int, attempt: int, host: str, transport: str) -> None:
+        """The server accepted a worker's handshake."""
+        self.connections.append({"time": self.elapsed(), "worker": int(worker),
+                                 "attempt": int(attempt), "host": host,
+                                 "transport": transport})
 
     def add_finished(self, worker: int, *, at: float | None = None) -> None:
         """The worker said goodbye: it has no more data (it leaves synchronous rounds)."""

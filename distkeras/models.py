@@ -7,10 +7,12 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
-import keras
+
+if TYPE_CHECKING:  # a task imports Keras (and its backend) only when it builds the model,
+    import keras  # so unpickling a blueprint is cheap and a worker can say hello first
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ class ModelBlueprint:
 
     def build(self, optimizer: Any = None) -> keras.Model:
         """A fresh compiled replica; ``optimizer`` overrides the blueprint's."""
+        import keras
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.keras")
             with open(path, "wb") as handle:
@@ -39,6 +42,7 @@ class ModelBlueprint:
 
 
 def _serialize_optimizer(optimizer: Any) -> Any:
+    import keras
     if isinstance(optimizer, str):
         optimizer = keras.optimizers.get(optimizer)
     if isinstance(optimizer, dict):
@@ -50,6 +54,7 @@ def _serialize_optimizer(optimizer: Any) -> Any:
 
 
 def _serialize_loss(loss: Any) -> Any:
+    import keras
     if isinstance(loss, (str, dict)) or loss is None:
         return loss
     if isinstance(loss, (list, tuple)):
@@ -62,6 +67,7 @@ def _serialize_loss(loss: Any) -> Any:
 def blueprint(model: keras.Model, optimizer: Any = None, loss: Any = None,
               metrics: Any = None) -> ModelBlueprint:
     """Capture ``model``; compile arguments default to those the model was compiled with."""
+    import keras
     if not isinstance(model, keras.Model):
         raise TypeError(f"keras_model must be a keras.Model, got {type(model).__name__}")
     if not model.built:
@@ -90,6 +96,7 @@ def blueprint(model: keras.Model, optimizer: Any = None, loss: Any = None,
 def _pickle_custom_objects() -> bytes:
     """Registered custom Keras objects, by value where they live in ``__main__`` or a function
     (Spark's broadcast uses plain pickle, which cannot ship those)."""
+    import keras
     shippable = {}
     for name, obj in keras.saving.get_custom_objects().items():
         try:

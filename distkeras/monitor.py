@@ -177,7 +177,7 @@ class EpochEnd:
         for key, value in logs.items():
             server.history.history.setdefault(key, []).append(value)
         if server.config.checkpoint_path:
-            server.checkpoint()
+            server.checkpoint_or_abort()
         self.say(f"distkeras: epoch {epoch + 1}: " +
                  ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
         watched = logs.get("val_loss", logs["loss"])

@@ -42,6 +42,20 @@ class ServerConfig:
     checkpoint_every: int = 0  # save every this many commits (0: off)
     checkpoint_seconds: float = 0.0  # and/or every this many seconds (0: off)
     stall_timeout: float = 1800.0  # a connected worker silent this long stops the run
+    # a training worker sends a heartbeat when it has sent nothing for this long; None: a
+    # fifth of the shortest of stall_timeout, idle_timeout and round_timeout
+    heartbeat_interval: float | None = None
+
+    def heartbeat(self) -> float:
+        """Seconds of silence after which a training worker sends a heartbeat (0: never)."""
+        if self.heartbeat_interval is not None:
+            return max(float(self.heartbeat_interval), 0.0)
+        limits = [t for t in (self.stall_timeout, self.idle_timeout, self.round_timeout) if t]
+        return min(limits) / 5.0 if limits else 0.0
+
+
+class CheckpointError(OSError):
+    """The centre variable could not be written to the checkpoint path."""
 
 
 class ParameterServer:
@@ -71,9 +85,15 @@ class ParameterServer:
         self._bind = (bind_host, int(port))
         self._lock = threading.Lock()  # centre variable and bookkeeping
         self._round = threading.Condition(self._lock)
+        # Lock-free (Hogwild) applies are counted so that a checkpoint, a snapshot or a
+        # partition's takeover can wait for the ones in flight and hold new ones back.
+        self._quiet = threading.Condition(self._lock)
+        self._applying = 0
+        self._pauses = 0
         self._apply_lock = self._lock if algorithm.locked else contextlib.nullcontext()
         self._connections: set[socket.socket] = set()
         self.sessions: dict[socket.socket, Session] = {}  # live, handshaken workers
+        self._owners: dict[int, Session] = {}  # partition -> the attempt that owns it
         self._threads: set[threading.Thread] = set()
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
@@ -84,6 +104,7 @@ class ParameterServer:
         # synchronous rendezvous: who still trains, who committed this round
         self._active = set(range(self.num_workers))
         self._arrived: set[int] = set()
+        self._pending: list[tuple] = []  # this round's commits, published when it ends
         self._round_no = 0
         self._round_acc = algorithm.round_begin(center) if algorithm.synchronous else None
         self._round_started = time.monotonic()
@@ -111,27 +132,57 @@ class ParameterServer:
         self._acceptor.start()
         return self
 
+    @contextlib.contextmanager
+    def _quiesced(self):
+        """Hold the lock with no lock-free apply in flight (and none starting): what is read
+        inside is one consistent state, for Hogwild as for the locked algorithms."""
+        with self._quiet:
+            self._pauses += 1
+            try:
+                while self._applying:
+                    self._quiet.wait()
+                yield
+            finally:
+                self._pauses -= 1
+                self._quiet.notify_all()
+
     def checkpoint(self, path: str | None = None) -> str | None:
-        """Save the centre variable, clock, cursors and seed atomically; returns the path."""
+        """Save the centre variable, clock, cursors and seed atomically; returns the path.
+
+        Raises :class:`CheckpointError` (naming the path and the OS error) when it cannot be
+        written."""
         path = path or self.config.checkpoint_path
         if not path:
             return None
         with self._checkpoint_lock:
-            with self._lock:
+            with self._quiesced():
                 center, clock, cursors = self.center.copy(), self.clock, dict(self.cursors)
-            checkpoint.save(path, center, clock, cursors, self.seed, self._digest)
+            try:
+                checkpoint.save(path, center, clock, cursors, self.seed, self._digest)
+            except OSError as error:
+                raise CheckpointError(f"cannot write the checkpoint {path}: "
+                                      f"{type(error).__name__}: {error}") from error
             self._checkpointed = (clock, time.monotonic())
         return path
 
+    def checkpoint_or_abort(self) -> str | None:
+        """:meth:`checkpoint` to the configured path; a failure aborts the run (once) with
+        the error, instead of looking like a lost connection or being retried."""
+        try:
+            return self.checkpoint()
+        except CheckpointError as error:
+            self.abort(str(error))
+            return None
+
     def _maybe_checkpoint(self) -> None:
         config = self.config
-        if not config.checkpoint_path or self._checkpoint_lock.locked():
+        if not config.checkpoint_path or self._checkpoint_lock.locked() or self.error:
             return
         clock, at = self._checkpointed
         due = (config.checkpoint_every and self.clock - clock >= config.checkpoint_every) or \
             (config.checkpoint_seconds and time.monotonic() - at >= config.checkpoint_seconds)
         if due:
-            self.checkpoint()
+            self.checkpoint_or_abort()
 
     def stop(self, reason: str | None = None) -> None:
         """Stop serving, close every connection and free the port. Safe to call twice.
@@ -154,7 +205,7 @@ class ParameterServer:
         for thread in list(self._threads):
             thread.join(timeout=5)
         if self.config.checkpoint_path and self._listener is not None:
-            self.checkpoint()
+            self.checkpoint_or_abort()
 
     def __enter__(self) -> ParameterServer:
         return self.start() if self._listener is None else self
@@ -179,8 +230,8 @@ class ParameterServer:
                     log.warning("distkeras: abort callback failed: %s", error)
 
     def snapshot(self) -> np.ndarray:
-        """A consistent copy of the centre variable."""
-        with self._lock:
+        """A consistent copy of the centre variable (no apply half done, Hogwild included)."""
+        with self._quiesced():
             return self.center.copy()
 
     def stop_early(self, reason: str) -> None:
@@ -198,8 +249,8 @@ class ParameterServer:
             return
         now = time.monotonic()
         with self._lock:
-            silent = [s for s in self.sessions.values() if not s.busy and
-                      now - s.last_seen > limit]
+            silent = [s for s in self.sessions.values() if not s.busy and not s.fenced
+                      and now - s.last_seen > limit]
         if silent:
             s = silent[0]
             self.abort(f"worker {s.worker} (attempt {s.attempt}, pid {s.pid}) sent nothing for "
@@ -236,7 +287,7 @@ class ParameterServer:
         clean = False
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            session, segment = self._handshake(conn)
+            session, segment = self._handshake(conn, peer)
             clean = self._serve_frames(conn, session, segment)
         except (wire.ProtocolError, OSError, ValueError) as error:
             if not self._stopping.is_set():
@@ -252,11 +303,11 @@ class ParameterServer:
             with self._lock:
                 self._connections.discard(conn)
                 self.sessions.pop(conn, None)
-            if session is not None and not clean:
+            if session is not None and not clean and not session.fenced:
                 self._lost(session)
             self._threads.discard(threading.current_thread())
 
-    def _handshake(self, conn: socket.socket) -> tuple[Session, Segment | None]:
+    def _handshake(self, conn: socket.socket, peer) -> tuple[Session, Segment | None]:
         deadline = time.monotonic() + self.config.handshake_timeout
         magic, version, flags, token, digest, worker, attempt, pid, num_params = \
             wire.recv_struct(conn, wire.HELLO, deadline)
@@ -270,28 +321,63 @@ class ParameterServer:
         elif digest != self._digest or num_params != self.layout.num_params \
                 or worker >= self.num_workers:
             status = wire.Status.BAD_LAYOUT
-        elif self.error is not None:
-            status = wire.Status.ABORTED
-        with self._lock:
-            cursor = self.cursors.get(worker, -1)
-            clock = self.clock
+        session = cursor = None
+        if status == wire.Status.OK:
+            session = Session(worker=int(worker), attempt=int(attempt), pid=int(pid),
+                              last_seen=time.monotonic())
+            status, cursor = self._admit(conn, session)
         segment = None
         if status == wire.Status.OK and flags & wire.Flag.SHARED and self.config.shared_memory:
             segment = Segment.create(self.layout.num_params)
-        path = segment.path.encode() if segment is not None else b""
+        if status == wire.Status.OK:
+            path = segment.path.encode() if segment is not None else b""
+            welcome = wire.WELCOME.pack(wire.MAGIC, status, session.pulled_clock, cursor,
+                                        self.config.heartbeat(), path)
+        else:  # a peer that failed the handshake learns nothing about the run
+            welcome = wire.WELCOME.pack(wire.MAGIC, status, 0, 0, 0.0, b"")
         try:
-            conn.sendall(wire.WELCOME.pack(wire.MAGIC, status, clock, cursor, path))
+            conn.sendall(welcome)
         except OSError:
             if segment is not None:
                 segment.close()
             raise
         if status != wire.Status.OK:
             raise wire.ProtocolError(wire.Status.MESSAGES[status])
-        session = Session(worker=int(worker), attempt=int(attempt), pulled_clock=clock,
-                          pid=int(pid), last_seen=time.monotonic())
-        with self._lock:
-            self.sessions[conn] = session
+        self.history.add_connection(session.worker, session.attempt, str(peer[0]),
+                                    "shm" if segment is not None else "tcp")
         return session, segment
+
+    def _admit(self, conn: socket.socket, session: Session) -> tuple[int, int]:
+        """Make ``session`` the owner of its partition; returns (status, resume cursor).
+
+        The newest attempt of a partition owns it: an older connection still alive (a
+        speculative copy, a zombie beside its retry) is fenced, and its later requests are
+        refused. A handshake from an attempt older than the owner is refused. Lock-free
+        applies in flight finish first, so the cursor handed over is final.
+        """
+        takeover = None
+        with self._quiesced():
+            if self.error is not None:
+                return wire.Status.ABORTED, -1
+            owner = self._owners.get(session.worker)
+            if owner is not None and session.attempt < owner.attempt:
+                return wire.Status.FENCED, -1
+            if owner is not None and any(s is owner for s in self.sessions.values()):
+                owner.fenced = True
+                takeover = owner
+            self._owners[session.worker] = session
+            self.sessions[conn] = session
+            session.pulled_clock = self.clock
+            cursor = self.cursors.get(session.worker, -1)
+        if takeover is not None:
+            log.warning("distkeras: attempt %d of partition %d takes over from attempt %d, "
+                        "which is fenced", session.attempt, session.worker, takeover.attempt)
+            if self.algorithm.synchronous:
+                self.abort(f"worker {session.worker}: attempt {session.attempt} connected "
+                           f"while attempt {takeover.attempt} was still training; a "
+                           f"synchronous run cannot hand a partition over mid-round")
+                return wire.Status.ABORTED, -1
+        return wire.Status.OK, cursor
 
     def _serve_frames(self, conn: socket.socket, session: Session,
                       segment: Segment | None) -> bool:
@@ -309,12 +395,27 @@ class ParameterServer:
             session.busy, session.last_seen = True, time.monotonic()
             deadline = time.monotonic() + self.config.frame_timeout
             wire.recv_exact(conn, memoryview(header)[1:], deadline)
-            op, flags, samples, cursor, _, loss, nbytes = wire.REQUEST.unpack(header)
+            op, flags, epoch, samples, cursor, _, loss, nbytes = wire.REQUEST.unpack(header)
             if op not in wire.Op.ALL:
                 raise wire.ProtocolError(f"unknown op code {op}")
+            if op == wire.Op.FAIL:
+                if not 0 < nbytes <= wire.MAX_REASON:
+                    raise wire.ProtocolError(f"FAIL reason of {nbytes} bytes")
+                reason = bytearray(nbytes)
+                wire.recv_exact(conn, memoryview(reason), deadline)
+                status = wire.Status.FENCED if session.fenced else wire.Status.ABORTED
+                if not session.fenced:
+                    self.abort(f"worker {session.worker} (attempt {session.attempt}) failed and "
+                               f"a retry would fail the same way: "
+                               f"{reason.decode('utf-8', 'replace')}")
+                conn.sendall(wire.REPLY.pack(status, 0, 0, 0))
+                return True
             if nbytes != (expected if op in wire.Op.WITH_PAYLOAD else 0):
                 raise wire.ProtocolError(f"op {op}: payload of {nbytes} bytes, expected "
                                          f"{expected if op in wire.Op.WITH_PAYLOAD else 0}")
+            if op in wire.Op.WITH_PAYLOAD and not session.pulled:
+                raise wire.ProtocolError(f"worker {session.worker} committed before its first "
+                                         f"pull")
             shared = bool(flags & wire.Flag.SHARED)
             if shared and segment is None:
                 raise wire.ProtocolError("shared-memory frame without a shared segment")
@@ -329,7 +430,8 @@ class ParameterServer:
                 if not wire.all_finite(update):
                     raise wire.ProtocolError(f"worker {session.worker} sent a non-finite update")
             if op == wire.Op.BYE:
-                self._leave(session)
+                if not session.fenced:
+                    self._leave(session)
                 conn.sendall(wire.REPLY.pack(wire.Status.OK, 0, self.clock, 0))
                 return True
             status, clock = self._handle(op, session, update, reply, samples, cursor, loss)
@@ -348,12 +450,23 @@ class ParameterServer:
         return True
 
     # ---- operations ----------------------------------------------------------------
+    def _refusal(self, session: Session) -> int:
+        """The status that ends this worker's requests, or OK (lock held or not)."""
+        if self.error is not None:
+            return wire.Status.ABORTED
+        if session.fenced:
+            return wire.Status.FENCED
+        if self.stopped_early is not None:
+            return wire.Status.STOP
+        return wire.Status.OK
+
     def _handle(self, op: int, session: Session, update: np.ndarray, outbox: np.ndarray,
                 samples: int, cursor: int, loss: float) -> tuple[int, int]:
-        if self.error is not None:
-            return wire.Status.ABORTED, self.clock
-        if self.stopped_early is not None:
-            return wire.Status.STOP, self.clock
+        refused = self._refusal(session)
+        if refused != wire.Status.OK:
+            return refused, self.clock
+        if op == wire.Op.HEARTBEAT:
+            return wire.Status.OK, self.clock
         if op == wire.Op.METRICS:
             self.history.add_metrics(session.worker, loss, samples)
             return wire.Status.OK, self.clock
@@ -363,62 +476,105 @@ class ParameterServer:
             return wire.Status.OK, self.clock
         if self.algorithm.synchronous:
             return self._commit_round(op, session, update, outbox, samples, cursor, loss)
-        # Locked algorithms hold the lock for the whole commit; Hogwild applies without it
-        # and takes the lock only for the clock and the bookkeeping.
-        bookkeeping = contextlib.nullcontext() if self.algorithm.locked else self._lock
-        with self._apply_lock:
-            with bookkeeping:
+        if self.algorithm.locked:
+            with self._lock:
+                refused = self._refusal(session)  # a takeover may have fenced it meanwhile
+                if refused != wire.Status.OK:
+                    return refused, self.clock
                 clock = self.clock
                 self.clock += 1
-            self.algorithm.apply(self.center, update, session, clock)
-            with bookkeeping:
+                self.algorithm.apply(self.center, update, session, clock)
                 self._bookkeep(session, clock, samples, cursor, loss)
-            if op == wire.Op.COMMIT_PULL:
-                self._pull(session, outbox)
+                if op == wire.Op.COMMIT_PULL:
+                    self._pull(session, outbox)
+            return wire.Status.OK, self.clock
+        # Hogwild: the apply runs without the lock; the lock only orders the clock and the
+        # bookkeeping, and counts applies in flight for _quiesced().
+        with self._quiet:
+            while self._pauses:
+                self._quiet.wait()
+            refused = self._refusal(session)
+            if refused != wire.Status.OK:
+                return refused, self.clock
+            clock = self.clock
+            self.clock += 1
+            self._applying += 1
+        applied = False
+        try:
+            self.algorithm.apply(self.center, update, session, clock)
+            applied = True
+        finally:
+            with self._quiet:
+                if applied:
+                    self._bookkeep(session, clock, samples, cursor, loss)
+                self._applying -= 1
+                if self._pauses:
+                    self._quiet.notify_all()
+        if op == wire.Op.COMMIT_PULL:
+            self._pull(session, outbox)
         return wire.Status.OK, self.clock
 
     def _pull(self, session: Session, outbox: np.ndarray) -> None:
         np.copyto(outbox, self.center)
         session.pulled_clock = self.clock
+        session.pulled = True
         self.algorithm.on_pull(self.center, session)
 
     def _bookkeep(self, session: Session, clock: int, samples: int, cursor: int,
-                  loss: float, staleness: int | None = None) -> None:
+                  loss: float, staleness: int | None = None, at: float | None = None) -> None:
         if cursor > self.cursors.get(session.worker, -1):
             self.cursors[session.worker] = cursor
         if staleness is None:
             staleness = clock - session.pulled_clock
-        self.history.add_commit(session.worker, clock + 1, staleness, loss, samples)
+        self.history.add_commit(session.worker, clock + 1, staleness, loss, samples, at=at)
 
     def _commit_round(self, op, session, update, outbox, samples, cursor, loss):
+        timed_out = None
         with self._round:
+            refused = self._refusal(session)
+            if refused != wire.Status.OK:
+                return refused, self.clock
             if session.worker not in self._active:
                 return wire.Status.ABORTED, self.clock
-            clock = self.clock
-            self.clock += 1
+            if not self._arrived:
+                self._round_started = time.monotonic()  # the wait starts with the first
             self.algorithm.round_add(self._round_acc, update, samples)
             self._arrived.add(session.worker)
-            # every member computed its update from the previous round's centre: no staleness
-            self._bookkeep(session, clock, samples, cursor, loss, staleness=0)
+            # clock, cursor and history move when the round is applied, never before
+            self._pending.append((session, samples, cursor, loss, self.history.elapsed()))
             my_round = self._round_no
             self._maybe_end_round()
             while self._round_no == my_round and self.error is None \
                     and self.stopped_early is None and not self._stopping.is_set():
-                waited = time.monotonic() - self._round_started
+                waited = time.monotonic() - self._waiting_since()
                 if waited > self.config.round_timeout:
                     missing = sorted(self._active - self._arrived)
-                    self.error = (f"synchronous round {my_round} waited {waited:.0f}s for "
-                                  f"worker(s) {missing}; round_timeout="
-                                  f"{self.config.round_timeout}s")
-                    self._round.notify_all()
+                    timed_out = (f"synchronous round {my_round}: the workers that arrived "
+                                 f"waited {waited:.0f}s without a sign of life from "
+                                 f"worker(s) {missing}; round_timeout="
+                                 f"{self.config.round_timeout}s")
                     break
                 self._round.wait(timeout=min(1.0, self.config.round_timeout))
-            if self._round_no == my_round:
-                status = wire.Status.STOP if self.stopped_early else wire.Status.ABORTED
-                return status, self.clock
-            if op == wire.Op.COMMIT_PULL:
+            ended = self._round_no != my_round
+            if ended and op == wire.Op.COMMIT_PULL:
                 self._pull(session, outbox)
-            return wire.Status.OK, self.clock
+            clock = self.clock
+        if timed_out is not None:
+            self.abort(timed_out)
+        if not ended:
+            status = wire.Status.STOP if self.stopped_early and not self.error \
+                else wire.Status.ABORTED
+            return status, clock
+        return wire.Status.OK, clock
+
+    def _waiting_since(self) -> float:
+        """Since when the arrived workers of this round have had no news of the missing ones:
+        the round's first arrival, or a missing worker's latest frame (heartbeats count), so
+        a worker that is still training its window is waited for (lock held)."""
+        missing = self._active - self._arrived
+        latest = [s.last_seen for s in self.sessions.values()
+                  if s.worker in missing and not s.fenced]
+        return max([self._round_started, *latest])
 
     def _maybe_end_round(self) -> None:
         """Apply the round once every partition still training has committed (lock held)."""
@@ -428,9 +584,14 @@ class ParameterServer:
             return
         self.algorithm.round_end(self.center, self._round_acc)
         self._round_acc = self.algorithm.round_begin(self.center)
+        for session, samples, cursor, loss, at in self._pending:
+            clock = self.clock
+            self.clock += 1
+            # every member computed its update from the previous round's centre
+            self._bookkeep(session, clock, samples, cursor, loss, staleness=0, at=at)
+        self._pending.clear()
         self._arrived.clear()
         self._round_no += 1
-        self._round_started = time.monotonic()
         self._round.notify_all()
 
     def _leave(self, session: Session) -> None:

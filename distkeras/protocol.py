@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"DKPS"
-VERSION = 1
+VERSION = 2  # 2: 64-bit sample counts, epoch in requests, heartbeat, fencing, FAIL
 TOKEN_BYTES = 32
 DIGEST_BYTES = 32
 DTYPE = np.dtype("<f4")
@@ -30,13 +30,16 @@ DTYPE = np.dtype("<f4")
 # the worker (for diagnostics), number of float32 parameters.
 HELLO = struct.Struct("<4sHH32s32sIIIQ")
 # Handshake, server -> client: magic, status, server clock, resume cursor of this partition
-# (index of the last batch whose update reached the centre variable, -1 for none), and the
-# path of a shared-memory segment offered to a worker on the same host (empty: none).
-WELCOME = struct.Struct("<4sB3xqq64s")
+# (index of the last batch whose update reached the centre variable, -1 for none), the
+# longest a training worker may stay silent before it sends a heartbeat (seconds, 0: never),
+# and the path of a shared-memory segment offered to a worker on the same host (empty: none).
+# Unless the status is OK, every field after the status is zero: a peer that failed the
+# handshake learns nothing about the run.
+WELCOME = struct.Struct("<4sB3xqqd64s")
 # Request: op, flags (Flag.SHARED: the payload and the reply's payload are in shared memory),
-# samples in this commit, cursor (last batch covered), clock of the
+# the worker's epoch, samples in this commit, cursor (last batch covered), clock of the
 # worker's last pull, mean training loss over the window, payload size in bytes.
-REQUEST = struct.Struct("<BB2xIqqdQ")
+REQUEST = struct.Struct("<BBxxIQqqdQ")
 # Reply: status, flags, server clock after the operation, payload size in bytes.
 REPLY = struct.Struct("<BB6xqQ")
 
@@ -51,10 +54,16 @@ class Op:
     COMMIT_PULL = 3  # both
     METRICS = 4  # header only: loss and samples for the history
     BYE = 5  # the worker is done with this partition
+    HEARTBEAT = 6  # header only: the worker is training (sent when it has been quiet a while)
+    FAIL = 7  # the worker cannot go on and a retry would fail the same way (a non-finite
+    #           loss): the payload is a UTF-8 reason (at most MAX_REASON bytes), shown only
 
     WITH_PAYLOAD = frozenset({COMMIT, COMMIT_PULL})
     WITH_REPLY_PAYLOAD = frozenset({PULL, COMMIT_PULL})
-    ALL = frozenset({PULL, COMMIT, COMMIT_PULL, METRICS, BYE})
+    ALL = frozenset({PULL, COMMIT, COMMIT_PULL, METRICS, BYE, HEARTBEAT, FAIL})
+
+
+MAX_REASON = 4096  # bytes of a FAIL frame's reason text
 
 
 class Status:
@@ -65,6 +74,7 @@ class Status:
     BUSY = 4
     ABORTED = 5  # the training run failed or stopped; the worker must stop too
     STOP = 6  # the driver ended training early (early stopping): finish cleanly
+    FENCED = 7  # a newer attempt of this partition took it over: this one must stop
 
     MESSAGES = {
         BAD_VERSION: "protocol version mismatch between worker and parameter server",
@@ -73,6 +83,9 @@ class Status:
         BUSY: "parameter server refused the connection: too many connections",
         ABORTED: "training was aborted on the driver",
         STOP: "training was stopped early by the driver",
+        FENCED: "a newer attempt of this Spark task took over its partition (speculation or a "
+                "retry beside a still-running attempt); this attempt stops without applying "
+                "anything more",
     }
 
 
@@ -125,6 +138,12 @@ class Layout:
             arrays.append(flat[offset:offset + size].reshape(shape).astype(dtype, copy=True))
             offset += size
         return arrays
+
+
+def request(op: int, *, flags: int = 0, epoch: int = 0, samples: int = 0, cursor: int = -1,
+            clock: int = 0, loss: float = 0.0, nbytes: int = 0) -> bytes:
+    """One request header (keywords name the fields of :data:`REQUEST`)."""
+    return REQUEST.pack(op, flags, epoch, samples, cursor, clock, loss, nbytes)
 
 
 def all_finite(array: np.ndarray) -> bool:

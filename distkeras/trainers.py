@@ -11,6 +11,7 @@ import logging
 import math
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -356,6 +357,20 @@ class DynSGD(Trainer):
         return algorithms.DynSGD()
 
 
+def _learning_rate(optimizer: Any) -> float | None:
+    """The constant learning rate of a Keras optimizer (name, config dict or instance), or
+    None when there is none to read (nothing given, a schedule, an unknown object)."""
+    try:
+        if isinstance(optimizer, (str, dict)):
+            optimizer = keras.optimizers.get(optimizer)
+        rate = optimizer.get_config()["learning_rate"]
+    except Exception:  # noqa: BLE001 - unreadable means: nothing to warn about
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)):
+        return None
+    return float(rate)
+
+
 class AEASGD(Trainer):
     """Asynchronous elastic averaging SGD (Zhang et al. 2015)."""
 
@@ -365,6 +380,18 @@ class AEASGD(Trainer):
                  **kwargs):
         self.rho, self.learning_rate = rho, learning_rate
         super().__init__(keras_model, *args, **kwargs)
+        if isinstance(self, EAMSGD):
+            return  # EAMSGD replaces the worker optimizer and warns about that instead
+        given = self.worker_optimizer
+        if given is None and getattr(keras_model, "compiled", False):
+            given = getattr(keras_model, "optimizer", None)
+        rate, eta = _learning_rate(given), self.algorithm.learning_rate
+        if rate is not None and abs(rate - eta) > 1e-6 * max(abs(rate), eta):
+            warnings.warn(
+                f"{type(self).__name__}: the worker optimizer's learning rate is {rate:g} but "
+                f"learning_rate={eta:g}; the elastic coefficient alpha = rho * learning_rate = "
+                f"{self.algorithm.alpha:g} uses the trainer's learning_rate, not the "
+                f"optimizer's", UserWarning, stacklevel=2)
 
     def _algorithm(self):
         return algorithms.AEASGD(rho=self.rho, learning_rate=self.learning_rate)
@@ -376,6 +403,15 @@ class EAMSGD(AEASGD):
     def __init__(self, keras_model, *args, momentum: float = 0.9, **kwargs):
         self.momentum = momentum
         super().__init__(keras_model, *args, **kwargs)
+        compiled = (getattr(keras_model, "compiled", False)
+                    and getattr(keras_model, "optimizer", None) is not None)
+        if self.worker_optimizer is not None or compiled:
+            source = "worker_optimizer" if self.worker_optimizer is not None else (
+                "the model's compiled optimizer")
+            warnings.warn(
+                f"EAMSGD trains the workers with SGD(learning_rate="
+                f"{self.algorithm.learning_rate:g}, momentum={self.algorithm.momentum:g}, "
+                f"nesterov=True); {source} is not used", UserWarning, stacklevel=2)
 
     def _algorithm(self):
         return algorithms.EAMSGD(rho=self.rho, learning_rate=self.learning_rate,

@@ -4,11 +4,13 @@ the parameter server every ``communication_window`` steps through the algorithm'
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,14 +42,15 @@ class ServerLink:
         self.layout = layout
         self.worker = worker
         self._sock = wire.connect(address, timeout=timeout)
+        self._io = threading.Lock()  # one request at a time (the keep-alive thread too)
         self._reply = bytearray(wire.REPLY.size)
         self._inbox = np.empty(layout.num_params, dtype=wire.DTYPE)
         flags = wire.Flag.SHARED if shared_memory else 0
         self._sock.sendall(wire.HELLO.pack(wire.MAGIC, wire.VERSION, flags, token,
                                            layout.digest(), worker, attempt, os.getpid(),
                                            layout.num_params))
-        magic, status, self.clock, self.cursor, path = wire.recv_struct(self._sock,
-                                                                        wire.WELCOME)
+        magic, status, self.clock, self.cursor, self.heartbeat, path = wire.recv_struct(
+            self._sock, wire.WELCOME)
         if magic != wire.MAGIC:
             raise WorkerError(f"{address} is not a distkeras parameter server")
         if status != wire.Status.OK:
@@ -56,20 +59,46 @@ class ServerLink:
         path = path.rstrip(b"\0").decode("ascii", "replace")
         # same host as the server: payloads go through shared memory, headers by socket
         self.segment = Segment.attach(path, layout.num_params) if path else None
-        # metadata of the next commit, set by the worker loop before each exchange
-        self.samples, self.last_batch, self.loss = 0, -1, 0.0
+        self._last_sent = time.monotonic()
+        # metadata of the next request, set by the worker loop before each exchange
+        self.samples, self.last_batch, self.loss, self.epoch = 0, -1, 0.0, 0
+
+    @property
+    def transport(self) -> str:
+        """How payloads travel: "shm" (shared memory, same host) or "tcp" (the socket)."""
+        return "shm" if self.segment is not None else "tcp"
+
+    def _send(self, op: int, payload: np.ndarray | bytes | None, flags: int = 0) -> None:
+        nbytes = 0 if payload is None else memoryview(payload).nbytes
+        header = wire.request(op, flags=flags, epoch=self.epoch, samples=self.samples,
+                              cursor=self.last_batch, clock=self.clock, loss=self.loss,
+                              nbytes=nbytes)
+        if isinstance(payload, bytes):
+            self._sock.sendall(header + payload)
+        else:
+            wire.send_frame(self._sock, header, payload)
+        self._last_sent = time.monotonic()
 
     def _request(self, op: int, payload: np.ndarray | None = None) -> np.ndarray | None:
+        with self._io:
+            return self._exchange_frame(op, payload)
+
+    def _exchange_frame(self, op: int, payload: np.ndarray | None) -> np.ndarray | None:
         shared = self.segment is not None
         nbytes = self.layout.nbytes if payload is not None else 0
-        header = wire.REQUEST.pack(op, wire.Flag.SHARED if shared else 0, self.samples,
-                                   self.last_batch, self.clock, self.loss, nbytes)
         if payload is not None and shared:
             np.copyto(self.segment.to_server, payload)
             payload = None
         elif payload is not None:
             payload = np.ascontiguousarray(payload, dtype=wire.DTYPE)
-        wire.send_frame(self._sock, header, payload)
+        if nbytes and payload is None:  # the payload is in shared memory: header only
+            header = wire.request(op, flags=wire.Flag.SHARED, epoch=self.epoch,
+                                  samples=self.samples, cursor=self.last_batch,
+                                  clock=self.clock, loss=self.loss, nbytes=nbytes)
+            self._sock.sendall(header)
+            self._last_sent = time.monotonic()
+        else:
+            self._send(op, payload, wire.Flag.SHARED if shared else 0)
         wire.recv_exact(self._sock, memoryview(self._reply))
         status, flags, self.clock, size = wire.REPLY.unpack(self._reply)
         if status == wire.Status.STOP:
@@ -99,6 +128,52 @@ class ServerLink:
     def metrics(self, loss: float, samples: int) -> None:
         self.loss, self.samples = loss, samples
         self._request(wire.Op.METRICS)
+
+    def heartbeat_if_due(self) -> None:
+        """Tell the server this worker is training when it has been quiet for a while (the
+        interval the server gave in its handshake), so that a long window, or a trainer that
+        exchanges once per epoch, is never taken for a hung worker. Also learns early that
+        the run was stopped or aborted."""
+        if self.heartbeat and time.monotonic() - self._last_sent >= self.heartbeat:
+            self._request(wire.Op.HEARTBEAT)
+
+    def fail(self, reason: str) -> None:
+        """Tell the server this worker cannot go on and a retry would fail the same way:
+        the server stops the run at once (the Spark job is cancelled, not retried)."""
+        try:
+            with self._io:
+                self._send(wire.Op.FAIL, reason.encode("utf-8")[:wire.MAX_REASON])
+                wire.recv_exact(self._sock, memoryview(self._reply))
+        except OSError:
+            pass  # the task's own error still reaches the driver
+
+    @contextlib.contextmanager
+    def keepalive(self):
+        """Heartbeats from a thread while the worker cannot send any from its batch loop
+        (reading its partition, importing the backend, building and compiling the model):
+        the server hears from it within seconds of the task's start. An answer that ends
+        the run (aborted, stopped, fenced) is raised when the block ends."""
+        stop, errors = threading.Event(), []
+
+        def beat() -> None:
+            while not stop.wait(min(self.heartbeat, 1.0)):
+                try:
+                    self.heartbeat_if_due()
+                except (StopTraining, WorkerError, OSError) as error:
+                    errors.append(error)
+                    return
+
+        thread = threading.Thread(target=beat, name="distkeras-keepalive", daemon=True)
+        if self.heartbeat:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join()
+        if errors:
+            raise errors[0]
 
     def bye(self) -> None:
         self._request(wire.Op.BYE)
@@ -145,46 +220,59 @@ def _take(arrays: list[np.ndarray], index: np.ndarray):
     return taken[0] if len(taken) == 1 else taken
 
 
-def train_partition(spec: WorkerSpec, partition: int, xs: list[np.ndarray],
-                    ys: list[np.ndarray], attempt: int = 0,
-                    started: float | None = None) -> dict[str, Any]:
-    """Train a replica on one partition's arrays; return what this worker did."""
+def train_partition(spec: WorkerSpec, partition: int,
+                    load: Callable[[], tuple[list[np.ndarray], list[np.ndarray]]],
+                    attempt: int = 0, started: float | None = None) -> dict[str, Any]:
+    """Train a replica on one partition; return what this worker did.
+
+    The worker says hello to the parameter server first, then loads its partition (``load``)
+    and builds the model while a keep-alive thread speaks for it, so a task that cannot
+    reach the server fails at once and a slow start is not taken for a hang."""
     started = time.time() if started is None else started
-    num_rows = len(xs[0]) if xs else 0
-    model = spec.blueprint.build(spec.algorithm.worker_optimizer(spec.blueprint.optimizer))
     link = ServerLink(spec.address, spec.token, spec.layout, partition, attempt)
-    resume_after = link.cursor
+    resume_after, transport = link.cursor, link.transport
     window = {"steps": 0, "loss": 0.0, "samples": 0}
     done = {"commits": 0, "samples": 0}
-    first_batch_at = None
+    first_batch_at, model, num_rows, batches_per_epoch = None, None, 0, 0
 
     def commit(last_batch: int) -> None:
+        epoch, batch = divmod(last_batch, max(batches_per_epoch, 1))
         _exchange(spec, model, link, w, w0, window["steps"], window["loss"], window["samples"],
-                  last_batch)
+                  last_batch, f"epoch {epoch}, batch {batch}")
         done["commits"] += 1
         done["samples"] += window["samples"]
         window.update(steps=0, loss=0.0, samples=0)
 
     try:
+        with link.keepalive():
+            xs, ys = load()
+            model = spec.blueprint.build(
+                spec.algorithm.worker_optimizer(spec.blueprint.optimizer))
+        num_rows = len(xs[0]) if xs else 0
         w0 = link.pull().copy()
         w = w0.copy()
         model.set_weights(spec.layout.unflatten(w))
         batches_per_epoch = math.ceil(num_rows / spec.batch_size) if num_rows else 0
         for epoch in range(spec.num_epoch):
+            link.epoch = epoch
             order = batch_order(spec, partition, epoch, num_rows)
             for b in range(batches_per_epoch):
                 batch_index = epoch * batches_per_epoch + b
                 if batch_index <= resume_after:
                     continue  # a previous attempt's commit already covered this batch
                 index = order[b * spec.batch_size:(b + 1) * spec.batch_size]
-                loss = model.train_on_batch(_take(xs, index), _take(ys, index))
-                loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
-                if first_batch_at is None:
+                if first_batch_at is None:  # the first step compiles: it may take long
+                    with link.keepalive():
+                        loss = model.train_on_batch(_take(xs, index), _take(ys, index))
                     first_batch_at = time.time()
+                else:
+                    loss = model.train_on_batch(_take(xs, index), _take(ys, index))
+                loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
                 if not math.isfinite(loss):
-                    raise WorkerError(f"worker {partition}: training loss is {loss} at epoch "
-                                      f"{epoch}, batch {b}; lower the learning rate or check "
-                                      f"the data for NaN/inf")
+                    _fail(link, f"worker {partition}: training loss is {loss} at epoch "
+                                f"{epoch}, batch {b}; lower the learning rate or check the "
+                                f"data for NaN/inf")
+                link.heartbeat_if_due()
                 window["steps"] += 1
                 window["loss"] += loss
                 window["samples"] += len(index)
@@ -201,19 +289,26 @@ def train_partition(spec: WorkerSpec, partition: int, xs: list[np.ndarray],
         link.close()
     commits, trained = done["commits"], done["samples"]
     return {"worker": partition, "attempt": attempt, "rows": num_rows, "commits": commits,
-            "weights": spec.layout.flatten(model.get_weights()) if spec.return_weights else None,
+            "weights": spec.layout.flatten(model.get_weights())
+            if spec.return_weights and model is not None else None,
             "samples": trained, "resumed_after": resume_after, "started": started,
             "first_batch": first_batch_at, "finished": time.time(), "host": socket.gethostname(),
-            "pid": os.getpid()}
+            "pid": os.getpid(), "transport": transport}
+
+
+def _fail(link: ServerLink, message: str) -> None:
+    """A failure that a retry would repeat: stop the whole run, then raise it here."""
+    link.fail(message)
+    raise WorkerError(message)
 
 
 def _exchange(spec: WorkerSpec, model, link: ServerLink, w: np.ndarray, w0: np.ndarray,
-              steps: int, loss_sum: float, samples: int, last_batch: int) -> None:
+              steps: int, loss_sum: float, samples: int, last_batch: int, where: str) -> None:
     spec.layout.flatten(model.get_weights(), out=w)
     if not wire.all_finite(w):
-        raise WorkerError(f"worker {link.worker}: the model's weights became NaN/inf by batch "
-                          f"{last_batch} (training loss {loss_sum / steps}); lower the learning "
-                          f"rate or check the data for NaN/inf")
+        _fail(link, f"worker {link.worker}: the model's weights became NaN/inf by {where} "
+                    f"(mean training loss of the window {loss_sum / steps}); lower the learning "
+                    f"rate or check the data for NaN/inf")
     link.samples, link.last_batch, link.loss = samples, last_batch, loss_sum / steps
     spec.algorithm.exchange(link, w, w0, steps)
     model.set_weights(spec.layout.unflatten(w))
@@ -232,7 +327,8 @@ def _attempt() -> tuple[int, int]:
 REPORT_FIELDS = (("worker", "int"), ("attempt", "int"), ("rows", "bigint"),
                  ("commits", "bigint"), ("samples", "bigint"), ("resumed_after", "bigint"),
                  ("started", "double"), ("first_batch", "double"), ("finished", "double"),
-                 ("host", "string"), ("pid", "bigint"), ("weights", "binary"))
+                 ("host", "string"), ("pid", "bigint"), ("transport", "string"),
+                 ("weights", "binary"))
 REPORT_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in REPORT_FIELDS)
 
 
@@ -250,8 +346,8 @@ def run_arrow_task(spec: WorkerSpec, batches: Iterator) -> Iterator:
 
     started = time.time()
     partition, attempt = _attempt()
-    xs, ys = spec.plan.arrow_to_numpy(batches)
-    report = train_partition(spec, partition, xs, ys, attempt, started)
+    report = train_partition(spec, partition, lambda: spec.plan.arrow_to_numpy(batches),
+                             attempt, started)
     weights = report.pop("weights")
     report["weights"] = None if weights is None else weights.tobytes()
     yield pa.RecordBatch.from_pylist([report], schema=_arrow_report_schema())
@@ -261,5 +357,5 @@ def run_rdd_task(spec: WorkerSpec, partition: int, rows: Iterator) -> Iterator[d
     """Entry point for ``RDD.mapPartitionsWithIndex`` over ``(features, label)`` pairs."""
     started = time.time()
     _, attempt = _attempt()
-    xs, ys = spec.plan.rows_to_numpy(rows)
-    yield train_partition(spec, partition, xs, ys, attempt, started)
+    yield train_partition(spec, partition, lambda: spec.plan.rows_to_numpy(rows), attempt,
+                          started)

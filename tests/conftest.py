@@ -46,13 +46,14 @@ def digits_df(spark, digits):
 
 
 @contextlib.contextmanager
-def running_server(algorithm, center, num_workers=1, config=None, token=None):
-    """A real parameter server on loopback around a flat float32 ``center``."""
+def running_server(algorithm, center, num_workers=1, config=None, token=None, **kwargs):
+    """A real parameter server on loopback around a flat float32 ``center`` (``kwargs``: more
+    ParameterServer arguments: cursors, clock, on_abort)."""
     center = np.asarray(center, dtype=np.float32).copy()
     layout = protocol.Layout.of([center])
     token = token or protocol.new_token()
     server = ParameterServer(center, layout, algorithm, num_workers, token,
-                             config=config or ServerConfig())
+                             config=config or ServerConfig(), **kwargs)
     server.start()
     try:
         yield server, layout, token

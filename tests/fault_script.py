@@ -50,6 +50,30 @@ def kill_worker_mid_training(trainer, worker: int, after_commits: int, killed: l
         time.sleep(0.01)
 
 
+def diverging_run(spark, x, y) -> dict:
+    """Features so large that the loss is NaN at the first batch: a retry would fail the
+    same way, so the run must stop at the first failure, not after Spark's retries."""
+    from pyspark.ml.linalg import Vectors
+
+    import distkeras
+
+    huge = spark.createDataFrame([(Vectors.dense(r * 1e30), int(v))
+                                  for r, v in zip(x[:400], y[:400])], ["features", "label"])
+    trainer = distkeras.DOWNPOUR(mlp(), worker_optimizer="sgd",
+                                 loss="categorical_crossentropy", num_workers=2,
+                                 batch_size=32, num_epoch=2, verbose=0, seed=7)
+    started = time.monotonic()
+    result = {"trainer": "NaN"}
+    try:
+        trainer.train(huge)
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        result["error"] = f"{type(error).__name__}: {str(error)[:2000]}"
+    result.update(seconds=time.monotonic() - started,
+                  connections=trainer.history.connections,
+                  samples_applied=trainer.history.samples_applied)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("trainers")
@@ -76,6 +100,9 @@ def main() -> None:
                   epochs=args.epochs, verbose=0)
     ref_acc = float((reference.predict(x[4000:], verbose=0).argmax(1) == y[4000:]).mean())
     for name in args.trainers.split(","):
+        if name == "NaN":
+            print(json.dumps(diverging_run(spark, x, y)), flush=True)
+            continue
         trainer = getattr(distkeras, name)(mlp(), worker_optimizer="adam",
                                            loss="categorical_crossentropy", num_workers=2,
                                            batch_size=32, num_epoch=args.epochs, verbose=0,

@@ -12,6 +12,7 @@ host, port, token, worker, commits, params = sys.argv[1:7]
 layout = protocol.Layout.of([np.zeros(int(params), np.float32)])
 link = ServerLink((host, int(port)), bytes.fromhex(token), layout, worker=int(worker))
 ones = np.ones(int(params), np.float32)
+link.pull()  # a worker pulls before its first commit
 for _ in range(int(commits)):
     link.samples = 1
     link.commit_and_pull(ones)

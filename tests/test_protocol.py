@@ -76,6 +76,7 @@ class GoodWorker(threading.Thread):
     def run(self):
         try:
             ones = np.ones(self.link.layout.num_params, dtype=np.float32)
+            self.link.pull()
             while not self.stop.is_set() or self.commits < 20:
                 self.link.samples = 1
                 self.link.commit_and_pull(ones)
@@ -86,13 +87,14 @@ class GoodWorker(threading.Thread):
             self.error = error
 
 
-def raw_hello(token, layout, magic=protocol.MAGIC, version=protocol.VERSION, worker=0):
+def raw_hello(token, layout, magic=protocol.MAGIC, version=protocol.VERSION, worker=1):
+    """A handshake for partition 1 (the good worker trains partition 0)."""
     return protocol.HELLO.pack(magic, version, 0, token, layout.digest(), worker, 0, 0,
                                layout.num_params)
 
 
 def request(op, nbytes, samples=1):
-    return protocol.REQUEST.pack(op, 0, samples, 0, 0, 0.0, nbytes)
+    return protocol.request(op, samples=samples, cursor=0, nbytes=nbytes)
 
 
 def open_raw(server):
@@ -114,10 +116,19 @@ def closed_by_server(sock, timeout=10.0):
         return False
 
 
-def handshake(sock, token, layout):
+def handshake(sock, token, layout, pull=True):
+    """A valid handshake, then (``pull``) one pull, as a real worker starts."""
     sock.sendall(raw_hello(token, layout))
-    magic, status, *_ = protocol.WELCOME.unpack(sock.recv(protocol.WELCOME.size))
+    buffer = memoryview(bytearray(max(protocol.WELCOME.size, layout.nbytes)))
+    protocol.recv_exact(sock, buffer[:protocol.WELCOME.size])
+    magic, status, *_ = protocol.WELCOME.unpack(buffer[:protocol.WELCOME.size])
     assert magic == protocol.MAGIC and status == protocol.Status.OK
+    if pull:
+        sock.sendall(protocol.request(protocol.Op.PULL))
+        protocol.recv_exact(sock, buffer[:protocol.REPLY.size])
+        status, _, _, size = protocol.REPLY.unpack(buffer[:protocol.REPLY.size])
+        assert status == protocol.Status.OK and size == layout.nbytes
+        protocol.recv_exact(sock, buffer[:size])
 
 
 def wrong_magic(sock, token, layout):
@@ -165,7 +176,18 @@ def non_finite_update(sock, token, layout):
 
 def shared_flag_without_segment(sock, token, layout):
     handshake(sock, token, layout)  # raw HELLO asks for no shared memory
-    sock.sendall(protocol.REQUEST.pack(protocol.Op.PULL, protocol.Flag.SHARED, 0, 0, 0, 0.0, 0))
+    sock.sendall(protocol.request(protocol.Op.PULL, flags=protocol.Flag.SHARED))
+
+
+def commit_before_pull(sock, token, layout):
+    handshake(sock, token, layout, pull=False)
+    ones = np.ones(layout.num_params, dtype=np.float32)
+    sock.sendall(request(protocol.Op.COMMIT, layout.nbytes) + ones.tobytes())
+
+
+def oversized_fail_reason(sock, token, layout):
+    handshake(sock, token, layout)
+    sock.sendall(protocol.request(protocol.Op.FAIL, nbytes=1 << 20))
 
 
 def garbage(sock, token, layout):
@@ -174,13 +196,14 @@ def garbage(sock, token, layout):
 
 ATTACKS = [wrong_magic, wrong_version, wrong_token, wrong_layout, worker_out_of_range,
            truncated_frame, oversized_frame, unknown_op, non_finite_update,
-           shared_flag_without_segment, garbage]
+           shared_flag_without_segment, commit_before_pull, oversized_fail_reason, garbage]
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda f: f.__name__)
 def test_bad_peer_is_closed_and_the_good_worker_keeps_training(attack):
     size = 1000
-    with running_server(algorithms.DOWNPOUR(), np.zeros(size)) as (server, layout, token):
+    with running_server(algorithms.DOWNPOUR(), np.zeros(size), num_workers=2) as (
+            server, layout, token):
         good = GoodWorker(server, layout, token)
         good.start()
         time.sleep(0.05)
@@ -206,6 +229,7 @@ def test_shared_memory_segment_is_unlinked_after_the_first_frame():
     with running_server(algorithms.DOWNPOUR(), np.zeros(8)) as (server, layout, token):
         link = ServerLink(server.address, token, layout, worker=0)
         assert link.segment is not None
+        link.pull()
         link.commit_and_pull(np.ones(8, np.float32))
         assert set(glob.glob("/dev/shm/distkeras-*")) == before
         assert_array_equal(link.pull(), np.ones(8))
@@ -269,5 +293,5 @@ def test_stop_frees_the_port_and_ends_every_thread():
 def test_struct_sizes_are_stable():
     # part of the protocol: changing a header size must bump protocol.VERSION
     assert (protocol.HELLO.size, protocol.WELCOME.size, protocol.REQUEST.size,
-            protocol.REPLY.size) == (92, 88, 40, 24)
+            protocol.REPLY.size) == (92, 96, 48, 24)
     assert struct.calcsize("<f") == protocol.DTYPE.itemsize

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -26,7 +27,8 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "fault_script.py")
 
 @pytest.fixture(scope="module")
 def fault_runs():
-    completed = subprocess.run([sys.executable, SCRIPT, ",".join(ASYNC + ["AveragingTrainer"])],
+    completed = subprocess.run([sys.executable, SCRIPT,
+                                ",".join(ASYNC + ["AveragingTrainer", "NaN"])],
                                capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return {r["trainer"]: r for r in map(json.loads, completed.stdout.splitlines())}
@@ -52,6 +54,16 @@ def test_killed_worker_fails_a_synchronous_run_naming_it(fault_runs):
     assert "TrainingAborted" in run["error"] and "worker 1" in run["error"]
     assert run["seconds"] < 120
     assert run["threads_left"] == []
+
+
+@pytest.mark.timeout(960)
+def test_a_diverging_worker_stops_the_run_at_once_without_retries(fault_runs):
+    run = fault_runs["NaN"]  # tasks may be retried 3 times in this Spark
+    assert "TrainingAborted" in run["error"]
+    assert re.search(r"worker [01]: training loss is nan at epoch 0, batch \d+", run["error"])
+    assert run["connections"] and all(c["attempt"] == 0 for c in run["connections"])
+    assert run["samples_applied"] == 0
+    assert run["seconds"] < 60
 
 
 @pytest.mark.timeout(600)

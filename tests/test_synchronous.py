@@ -38,6 +38,7 @@ def test_round_completes_when_the_last_member_leaves_instead_of_committing():
     rule = algorithms.ModelAveraging()
     with running_server(rule, [0.0], num_workers=2) as (server, layout, token):
         a = ServerLink(server.address, token, layout, worker=0)
+        a.pull()  # a worker pulls before it commits
         b = ServerLink(server.address, token, layout, worker=1)
         a.samples = 10
         result = {}
@@ -59,6 +60,7 @@ def test_worker_dying_mid_round_fails_the_run_naming_it():
     rule = algorithms.ModelAveraging()
     with running_server(rule, [0.0], num_workers=2) as (server, layout, token):
         a = ServerLink(server.address, token, layout, worker=0)
+        a.pull()  # a worker pulls before it commits
         b = ServerLink(server.address, token, layout, worker=1)
         errors = []
 
@@ -84,6 +86,7 @@ def test_round_timeout_names_the_missing_worker():
     config = ServerConfig(round_timeout=1.0)
     with running_server(rule, [0.0], num_workers=2, config=config) as (server, layout, token):
         a = ServerLink(server.address, token, layout, worker=0)
+        a.pull()  # a worker pulls before it commits
         hung = ServerLink(server.address, token, layout, worker=1)  # connects, then hangs
         started = time.monotonic()
         with pytest.raises(WorkerError, match="aborted"):

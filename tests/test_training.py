@@ -194,9 +194,10 @@ def test_ragged_rows_fail_before_training(spark):
 def test_nan_during_training_stops_with_a_clear_error(spark):
     rows = [([float("nan")] * 784, 1)] * 64
     df = spark.createDataFrame(rows, ["features", "label"])
-    from distkeras.workers import WorkerError
-
-    with pytest.raises(WorkerError, match="(loss is nan|weights became NaN)"):
+    # the worker's message names worker, epoch and batch; the run stops at this first failure
+    with pytest.raises(distkeras.TrainingAborted,
+                       match=r"worker 0: (training loss is nan at|the model's weights became "
+                             r"NaN/inf by) epoch 0, batch \d+"):
         make_trainer(num_workers=1).train(df, validate=False)
 
 
