@@ -22,7 +22,7 @@ setup(
         "demo": ["mlxtend>=0.23"],
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6", "mlxtend>=0.23",
                  "scikit-learn>=1.4", "ruff>=0.5", "matplotlib>=3.8", "nbclient>=0.10",
-                 "nbformat>=5.10", "ipykernel>=6.29"],
+                 "nbformat>=5.10", "ipykernel>=6.29", "tensorboard>=2.16"],
         "plots": ["matplotlib>=3.8"],
     },
     license="Apache-2.0",

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             emit({"bench": "ps_load", "utc": utc_now(), **machine_info(),
                   "params": args.params, "workers": workers, "iters_per_worker": args.iters,
+                  "transport": stats["transport"],
                   "commits_per_s": stats["round_trips_per_s"],
                   "latency_p50_s": stats["rt_p50_s"], "latency_p99_s": stats["rt_p99_s"],
                   "latency_mean_s": stats["rt_mean_s"],

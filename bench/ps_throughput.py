@@ -1,27 +1,35 @@
-"""Parameter-server throughput: commit-and-pull round trips on loopback.
+"""Parameter-server throughput: commit-and-pull round trips on one host.
 
 Why: every exchange of an asynchronous trainer (DOWNPOUR, AGN, ADAG, DynSGD) is one
 ``commit_and_pull``: the worker sends its whole update as one float32 buffer and receives the
 whole centre variable back. This bench measures that round trip against a real
 :class:`distkeras.ParameterServer` on 127.0.0.1, for several model sizes and numbers of
-concurrent clients, and compares it with the cheapest thing one could do with the same
-buffer: a numpy copy (``np.copyto``) of it. The target of the issue is a round trip at most
-10 times a numpy copy of the same buffer for models of 1M parameters and more.
+concurrent clients, over both payload paths a worker can get (``--transport``): the
+shared-memory segment the server offers a worker on its own host ("shm", what every worker
+on ``local[N]`` uses) and the socket ("tcp", what a worker on another host uses; here
+``ServerLink(..., shared_memory=False)`` over loopback). Each row reports the transport the
+clients' links actually used (``link.transport``): "tcp" also when shared memory was asked
+for and the server could not offer it. The yardstick is the cheapest thing one could do with
+the same buffer: a numpy copy (``np.copyto``) of it. The target of the issue is a round trip
+at most 10 times a numpy copy of the same buffer for models of 1M parameters and more.
 
 Each client is a separate Python process (as Spark tasks are), started once with
 ``subprocess`` and driven over its stdin/stdout with JSON lines (no pickle); it opens a
-``workers.ServerLink``, does warm-up round trips, waits until every client is ready, then
-times N ``link.commit_and_pull(update)`` calls and says ``bye``. The server runs
+``workers.ServerLink`` (with or without shared memory), does warm-up round trips, waits
+until every client is ready, then times N ``link.commit_and_pull(update)`` calls, reports
+its link's transport and says ``bye``. The server runs
 ``algorithms.DOWNPOUR()`` with ``num_workers`` = number of clients.
 
-Run (from the repository root; the default run takes about 3 minutes on 2 cores)::
+Run (from the repository root; the default run measures both transports and takes several
+minutes on 2 cores)::
 
     .venv/bin/python bench/ps_throughput.py
     .venv/bin/python bench/ps_throughput.py --params 10000,1000000 --clients 1,2 --iters 50
+    .venv/bin/python bench/ps_throughput.py --transport tcp
     .venv/bin/python bench/ps_throughput.py --out bench/out/ps_throughput.jsonl
 
-One JSON line per (params, clients) goes to stdout (and is appended to ``--out``); progress
-goes to stderr.
+One JSON line per (params, transport, clients) goes to stdout (and is appended to ``--out``);
+progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from _common import emit, log, machine_info, utc_now
 
 TARGET_RATIO = 10.0  # round trip <= 10 x numpy copy ...
 TARGET_MIN_PARAMS = 1_000_000  # ... for models of this size and above
+TRANSPORTS = ("shm", "tcp")  # what --transport asks the clients' links for
 
 
 def make_layout(num_params: int, arrays: int) -> Any:
@@ -101,8 +110,10 @@ def client_run(request: dict[str, Any], link_class: type,
     layout = make_layout(request["num_params"], request["arrays"])
     address = (request["host"], int(request["port"]))
     link = link_class(address, bytes.fromhex(request["token"]), layout,
-                      worker=int(request["worker"]))
+                      worker=int(request["worker"]),
+                      shared_memory=bool(request.get("shared_memory", True)))
     try:
+        transport = link.transport  # what the handshake gave: "shm" or "tcp"
         update = np.full(layout.num_params, 1e-7, dtype=np.float32)
         link.pull()  # a worker pulls before its first commit
         for _ in range(int(request["warmup"])):
@@ -119,7 +130,7 @@ def client_run(request: dict[str, Any], link_class: type,
             durations.append(time.perf_counter() - t0)
         end = time.time()
         link.bye()
-        return {"durations": durations, "start": start, "end": end}
+        return {"durations": durations, "start": start, "end": end, "transport": transport}
     finally:
         link.close()
 
@@ -169,8 +180,12 @@ class ClientPool:
 
 
 def run_config(pool: ClientPool, num_params: int, clients: int, iters: int, warmup: int,
-               arrays: int) -> dict[str, Any]:
-    """One server, ``clients`` concurrent clients; pooled round-trip statistics."""
+               arrays: int, shared_memory: bool = True) -> dict[str, Any]:
+    """One server, ``clients`` concurrent clients; pooled round-trip statistics.
+
+    ``shared_memory``: whether the clients ask for the shared-memory payload path; the
+    ``transport`` returned is what their links actually used ("shm", "tcp", or "mixed"
+    when they differ; ``transports`` lists each client's)."""
     from distkeras import algorithms, protocol
     from distkeras.parameter_server import ParameterServer
 
@@ -186,7 +201,8 @@ def run_config(pool: ClientPool, num_params: int, clients: int, iters: int, warm
         for worker, proc in enumerate(procs):
             pool.send(proc, {"cmd": "run", "host": host, "port": port, "token": token.hex(),
                              "num_params": num_params, "arrays": arrays, "worker": worker,
-                             "warmup": warmup, "iters": iters})
+                             "warmup": warmup, "iters": iters,
+                             "shared_memory": bool(shared_memory)})
         for proc in procs:
             pool.receive(proc)  # ready: connected and warmed up
         for proc in procs:
@@ -200,7 +216,10 @@ def run_config(pool: ClientPool, num_params: int, clients: int, iters: int, warm
     elapsed = max(r["end"] for r in results) - min(r["start"] for r in results)
     per_client_mean = [float(np.mean(r["durations"])) for r in results]
     round_trips = int(durations.size)
+    transports = [str(r["transport"]) for r in results]
     return {
+        "transport": transports[0] if len(set(transports)) == 1 else "mixed",
+        "transports": transports,
         "round_trips": round_trips,
         "elapsed_s": elapsed,
         "round_trips_per_s": round_trips / elapsed,
@@ -229,6 +248,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="payload per client and configuration when --iters is not given")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed round trips per client first (default: iters/10, >= 2)")
+    parser.add_argument("--transport", choices=("shm", "tcp", "both"), default="both",
+                        help="payload path the clients ask for: shared memory (as workers on "
+                             "the server's host), the socket (as workers on another host), or "
+                             "both, one row each (default)")
     parser.add_argument("--arrays", type=int, default=1,
                         help="number of arrays the layout splits the parameters into")
     parser.add_argument("--copy-reps", type=int, default=None,
@@ -248,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         client_main()
         return 0
     sizes, counts = _int_list(args.params), _int_list(args.clients)
+    transports = TRANSPORTS if args.transport == "both" else (args.transport,)
     if not sizes or not counts or min(sizes) < 1 or min(counts) < 1:
         raise SystemExit("--params and --clients need positive integers")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -262,10 +286,14 @@ def main(argv: list[str] | None = None) -> int:
             copy_s, copy_reps = numpy_copy_seconds(num_params, args.copy_reps)
             iters = args.iters or auto_iters(nbytes, args.budget_mb * 1e6)
             warmup = args.warmup if args.warmup is not None else max(2, iters // 10)
-            for clients in counts:
-                log(f"ps_throughput: {num_params:,} params, {clients} client(s), "
+            for requested, clients in [(t, c) for t in transports for c in counts]:
+                log(f"ps_throughput: {num_params:,} params, {requested}, {clients} client(s), "
                     f"{warmup} warm-up + {iters} timed round trips each")
-                stats = run_config(pool, num_params, clients, iters, warmup, args.arrays)
+                stats = run_config(pool, num_params, clients, iters, warmup, args.arrays,
+                                   shared_memory=requested == "shm")
+                if stats["transport"] != requested:
+                    log(f"ps_throughput: asked for {requested}, the links used "
+                        f"{stats['transports']}")
                 ratio = stats["rt_p50_s"] / copy_s
                 record = {
                     "bench": "ps_throughput",
@@ -274,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                     "payload_bytes": nbytes,
                     "arrays": args.arrays,
                     "algorithm": "DOWNPOUR",
-                    "transport": "tcp-loopback",
+                    "transport_requested": requested,
+                    "transport": stats["transport"],  # what the links used: shm or tcp
                     "client_kind": "process",
                     "warmup": warmup,
                     "iters_per_client": iters,

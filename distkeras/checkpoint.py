@@ -19,10 +19,11 @@ class Checkpoint:
     cursors: dict[int, int]
     seed: int
     digest: bytes
+    samples: int = 0  # samples trained when it was written (epochs of a resumed run line up)
 
 
 def save(path: str, center: np.ndarray, clock: int, cursors: dict[int, int], seed: int,
-         digest: bytes) -> None:
+         digest: bytes, samples: int = 0) -> None:
     """Write atomically: a reader sees the previous checkpoint or this one, never a torn file."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -31,7 +32,8 @@ def save(path: str, center: np.ndarray, clock: int, cursors: dict[int, int], see
     with open(temporary, "wb") as handle:
         np.savez(handle, center=np.asarray(center, dtype=DTYPE), clock=np.int64(clock),
                  workers=workers, cursors=np.array([cursors[w] for w in workers], np.int64),
-                 seed=np.int64(seed), digest=np.frombuffer(digest, dtype=np.uint8))
+                 seed=np.int64(seed), digest=np.frombuffer(digest, dtype=np.uint8),
+                 samples=np.int64(samples))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -48,4 +50,6 @@ def load(path: str, layout: Layout) -> Checkpoint:
             raise ValueError(f"checkpoint {path} holds {center.size} parameters, the model "
                              f"has {layout.num_params}")
         cursors = {int(w): int(c) for w, c in zip(data["workers"], data["cursors"])}
-        return Checkpoint(center, int(data["clock"]), cursors, int(data["seed"]), digest)
+        samples = int(data["samples"]) if "samples" in data.files else 0
+        return Checkpoint(center, int(data["clock"]), cursors, int(data["seed"]), digest,
+                          samples)

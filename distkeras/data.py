@@ -12,10 +12,14 @@ becomes one numpy array without touching a Python object per row. Users who hold
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+VECTOR, ARRAY, SCALAR = "vector", "array", "scalar"
 
 
 class DataError(ValueError):
@@ -107,13 +111,24 @@ class ColumnPlan:
         return self._split([c.arrow_to_numpy(ch) for c, ch in zip(self.columns, chunks)])
 
     def arrow_frame(self, dataframe):
-        """The DataFrame workers read: only the plan's columns, Vectors as arrays."""
-        from pyspark.ml.functions import vector_to_array
+        """The DataFrame workers read: only the plan's columns, Vectors as arrays, decimals
+        as doubles (Arrow would hand them to numpy as Python ``Decimal`` objects)."""
         from pyspark.sql import functions as F
+        from pyspark.sql import types as T
 
-        return dataframe.select(*[
-            vector_to_array(F.col(c.name), "float32").alias(c.name) if c.vector
-            else F.col(c.name) for c in self.columns])
+        types = {f.name: f.dataType for f in dataframe.schema.fields}
+
+        def read(c: Column):
+            if c.vector:
+                return as_array(F.col(c.name), VECTOR, "float").alias(c.name)
+            dtype = types[c.name]
+            if isinstance(dtype, T.DecimalType):
+                return F.col(c.name).cast("double").alias(c.name)
+            if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.DecimalType):
+                return as_array(F.col(c.name), ARRAY).alias(c.name)
+            return F.col(c.name)
+
+        return dataframe.select(*[read(c) for c in self.columns])
 
 
 def _as_list(columns: str | Sequence[str]) -> list[str]:
@@ -131,29 +146,101 @@ def _per_sample_shapes(tensors) -> list[tuple[int, ...]]:
     return shapes
 
 
-def _kind(name: str, dtype) -> str:
-    """'vector', 'array' or 'scalar' from the Spark type; DataError for anything else."""
+def column_kind(name: str, dtype, who: str = "") -> str:
+    """'vector', 'array' or 'scalar' for a column of Spark type ``dtype``; DataError else.
+
+    A scalar is one number per row: any Spark numeric type, decimals included, or a boolean
+    (0/1). An array holds numbers (not booleans); a vector is a Spark ML Vector. ``who``
+    (a transformer's name, say) starts the error message.
+    """
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import types as T
 
     if isinstance(dtype, VectorUDT):
-        return "vector"
+        return VECTOR
     if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.NumericType):
-        return "array"
-    if isinstance(dtype, T.NumericType) and not isinstance(dtype, T.DecimalType):
-        return "scalar"
-    if isinstance(dtype, T.BooleanType):
-        return "scalar"
-    raise DataError(f"column '{name}' is not numeric: its type is {dtype.simpleString()}; "
-                    f"expected a Vector, an array of numbers or a number")
+        return ARRAY
+    if isinstance(dtype, (T.NumericType, T.BooleanType)):
+        return SCALAR
+    raise DataError(f"{who + ': ' if who else ''}column '{name}' has type "
+                    f"{dtype.simpleString()}, which is not numeric; expected a Spark ML "
+                    f"Vector, an array of numbers or a number")
+
+
+def column_kinds(dataframe, names: Sequence[str], who: str = "") -> dict[str, str]:
+    """:func:`column_kind` of each of ``names``; DataError naming any that are missing."""
+    missing = [c for c in names if c not in dataframe.columns]
+    if missing:
+        what = f"column '{missing[0]}' is" if len(missing) == 1 else f"columns {missing} are"
+        raise DataError(f"{who + ': ' if who else ''}{what} not in the DataFrame; it has "
+                        f"{dataframe.columns}")
+    types = {f.name: f.dataType for f in dataframe.schema.fields}
+    return {name: column_kind(name, types[name], who) for name in names}
+
+
+def as_array(column, kind: str, precision: str = "double"):
+    """A column of ``kind`` as an ``array<double>`` (``precision="float"``: ``array<float>``)
+    expression, computed in the JVM: a vector converted, an array cast, a number wrapped in a
+    one-element array. A null row stays null (``vector_to_array`` alone fails on a null)."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    if kind == VECTOR:
+        numbers = "float32" if precision == "float" else "float64"
+        return F.when(column.isNotNull(), vector_to_array(column, numbers))
+    if kind == ARRAY:
+        return column.cast(f"array<{precision}>")
+    return F.when(column.isNotNull(), F.array(column.cast(precision)))
+
+
+def is_sparse_loss(loss: Any) -> bool:
+    """True for a loss that takes class indices, not one-hot rows (Keras'
+    ``sparse_categorical_crossentropy`` and its kin), given as a name, a ``keras.losses.Loss``
+    (a subclass counts), a serialized config dict (``keras.losses.serialize``) or a function.
+    A list of losses (or a dict of them by output name) is sparse if any of them is."""
+    if loss is None:
+        return False
+    if isinstance(loss, str):
+        return "sparse" in loss.lower()
+    if isinstance(loss, dict):
+        if "class_name" not in loss:  # one loss per output name
+            return any(is_sparse_loss(item) for item in loss.values())
+        config = loss.get("config")
+        if loss["class_name"] == "function":  # a function is serialized by its name
+            return is_sparse_loss(config if isinstance(config, str) else None)
+        return is_sparse_loss(loss["class_name"]) or (
+            isinstance(config, dict) and is_sparse_loss(config.get("fn")))
+    if isinstance(loss, (list, tuple)):
+        return any(is_sparse_loss(item) for item in loss)
+    if isinstance(loss, functools.partial):
+        return is_sparse_loss(loss.func)
+    classes = loss.__mro__ if isinstance(loss, type) else type(loss).__mro__
+    if any("sparse" in c.__name__.lower() for c in classes):  # a Loss class or instance
+        return True
+    fn = getattr(loss, "fn", None)  # keras' LossFunctionWrapper around a function
+    if fn is not None and fn is not loss and is_sparse_loss(fn):
+        return True
+    return "sparse" in str(getattr(loss, "__name__", "")).lower()  # a function
+
+
+def _output_losses(loss: Any, model, count: int) -> list:
+    """The loss of each of the model's ``count`` outputs, paired as ``compile()`` pairs them:
+    a list by position, a dict by output name, anything else for every output."""
+    if isinstance(loss, (list, tuple)) and len(loss) == count:
+        return list(loss)
+    if isinstance(loss, dict) and "class_name" not in loss:
+        names = list(getattr(model, "output_names", None) or [])
+        if len(names) == count and all(name in loss for name in names):
+            return [loss[name] for name in names]
+    return [loss] * count
 
 
 def _width(name: str, kind: str, value) -> int:
     if value is None:
         raise DataError(f"column '{name}' has a null in its first row")
-    if kind == "vector":
+    if kind == VECTOR:
         return int(value.size)
-    if kind == "array":
+    if kind == ARRAY:
         return len(value)
     return 1
 
@@ -161,9 +248,7 @@ def _width(name: str, kind: str, value) -> int:
 def plan_columns(dataframe, features_col, label_col, model, loss=None) -> ColumnPlan:
     """Check the DataFrame against the model and decide how each column feeds it."""
     features, labels = _as_list(features_col), _as_list(label_col)
-    missing = [c for c in features + labels if c not in dataframe.columns]
-    if missing:
-        raise DataError(f"column(s) {missing} not in the DataFrame; it has {dataframe.columns}")
+    kinds = column_kinds(dataframe, features + labels)
     in_shapes = _per_sample_shapes(model.inputs)
     out_shapes = _per_sample_shapes(model.outputs)
     if len(features) != len(in_shapes):
@@ -172,12 +257,11 @@ def plan_columns(dataframe, features_col, label_col, model, loss=None) -> Column
     if len(labels) != len(out_shapes):
         raise DataError(f"label_col names {len(labels)} column(s) {labels} but the model "
                         f"has {len(out_shapes)} output(s)")
-    types = {f.name: f.dataType for f in dataframe.schema.fields}
-    kinds = {name: _kind(name, types[name]) for name in features + labels}
     first = dataframe.select(*features, *labels).first()
     if first is None:
         raise DataError(f"the DataFrame is empty: no rows in columns {features + labels}")
-    sparse_loss = "sparse" in str(loss).lower()
+    sparse_losses = [is_sparse_loss(item)
+                     for item in _output_losses(loss, model, len(out_shapes))]
     plan_f, plan_l = [], []
     for name, shape in zip(features, in_shapes):
         width = _width(name, kinds[name], first[name])
@@ -185,11 +269,11 @@ def plan_columns(dataframe, features_col, label_col, model, loss=None) -> Column
         if width != expected:
             raise DataError(f"column '{name}': the model input expects {expected} values per "
                             f"row (shape {shape}), the data has {width}")
-        plan_f.append(Column(name, width, kinds[name] == "scalar", shape,
-                             vector=kinds[name] == "vector"))
-    for name, shape in zip(labels, out_shapes):
+        plan_f.append(Column(name, width, kinds[name] == SCALAR, shape,
+                             vector=kinds[name] == VECTOR))
+    for name, shape, sparse_loss in zip(labels, out_shapes, sparse_losses):
         width = _width(name, kinds[name], first[name])
-        scalar = kinds[name] == "scalar"
+        scalar = kinds[name] == SCALAR
         expected = int(np.prod(shape))
         one_hot = expected if scalar and expected > 1 and not sparse_loss else 0
         if not scalar and width != expected:
@@ -199,7 +283,7 @@ def plan_columns(dataframe, features_col, label_col, model, loss=None) -> Column
         if scalar and sparse_loss:
             shape = ()
         plan_l.append(Column(name, width, scalar, shape, one_hot,
-                             vector=kinds[name] == "vector", classes=classes))
+                             vector=kinds[name] == VECTOR, classes=classes))
     return ColumnPlan(tuple(plan_f), tuple(plan_l))
 
 
@@ -223,7 +307,7 @@ def plan_rdd_columns(rdd, model, loss=None) -> ColumnPlan:
         raise DataError(f"RDD features: the model input expects {int(np.prod(in_shape))} "
                         f"values per row (shape {in_shape}), the data has {fw}")
     expected = int(np.prod(out_shape))
-    sparse_loss = "sparse" in str(loss).lower()
+    sparse_loss = is_sparse_loss(loss)
     if not ls and lw != expected:
         raise DataError(f"RDD label: the model output has {expected} values per row "
                         f"(shape {out_shape}), the label has {lw}")

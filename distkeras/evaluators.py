@@ -12,29 +12,17 @@ from pyspark.ml.evaluation import Evaluator
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
-from .data import DataError
+from .data import SCALAR, DataError, as_array, column_kinds
 
 __all__ = ["AccuracyEvaluator", "class_index"]
 
 
 def _as_array(dataframe, name: str):
     """``name`` as an ``array<double>`` expression, or None when it holds a plain number."""
-    from pyspark.ml.functions import vector_to_array
-    from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import functions as F
-    from pyspark.sql.types import ArrayType, NumericType
 
-    if name not in dataframe.columns:
-        raise DataError(f"column '{name}' not in the DataFrame; it has {dataframe.columns}")
-    kind = dataframe.schema[name].dataType
-    if isinstance(kind, VectorUDT):
-        return vector_to_array(F.col(name))
-    if isinstance(kind, ArrayType) and isinstance(kind.elementType, NumericType):
-        return F.col(name).cast("array<double>")
-    if isinstance(kind, NumericType):
-        return None
-    raise DataError(f"column '{name}' has type {kind.simpleString()}: expected a Spark ML "
-                    f"Vector, an array of numbers or a class index")
+    kind = column_kinds(dataframe, [name])[name]
+    return None if kind == SCALAR else as_array(F.col(name), kind)
 
 
 def class_index(dataframe, name: str, threshold: float = 0.5):

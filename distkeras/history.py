@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .rendezvous import Rendezvous
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas
     from matplotlib.axes import Axes
@@ -191,21 +193,13 @@ class History:
         events = [(r.time, 0, i) for i, r in enumerate(records) if r.committed]
         events += [(t, 1, w) for w, t in self.finished.items()]
         events.sort()
-        active = set(self.workers)
-        arrived: set[int] = set()
-        pending: list[int] = []
+        rendezvous: Rendezvous[int] = Rendezvous(self.workers)
         waits: list[float | None] = [None] * len(records)
         for when, kind, key in events:
-            if kind == 0:
-                arrived.add(records[key].worker)
-                pending.append(key)
-            else:
-                active.discard(key)
-            if arrived and active <= arrived:
-                for i in pending:
-                    waits[i] = max(when - records[i].time, 0.0)
-                arrived.clear()
-                pending.clear()
+            ended = (rendezvous.arrive(records[key].worker, key) if kind == 0
+                     else rendezvous.leave(key))
+            for i in ended or ():
+                waits[i] = max(when - records[i].time, 0.0)
         return waits
 
     def running_loss(self, window: int | None = None) -> tuple[list[float], list[float]]:

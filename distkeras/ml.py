@@ -32,7 +32,8 @@ from pyspark.ml.util import (
     MLWriter,
 )
 
-from .predictors import ModelPredictor, load_keras_bytes, model_to_bytes
+from .models import model_from_bytes, model_to_bytes
+from .predictors import ModelPredictor
 
 __all__ = ["KerasEstimator", "KerasModel"]
 
@@ -255,7 +256,7 @@ class _KerasModelReader(MLReader):
         expected = metadata.get("kerasSha256")
         if expected and hashlib.sha256(data).hexdigest() != expected:
             raise ValueError(f"{path}: {KERAS_FILE} does not match the digest in its metadata")
-        instance = self.cls(load_keras_bytes(data))
+        instance = self.cls(model_from_bytes(data))
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
         return instance

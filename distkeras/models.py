@@ -17,6 +17,29 @@ if TYPE_CHECKING:  # a task imports Keras (and its backend) only when it builds 
 log = logging.getLogger(__name__)
 
 
+def model_to_bytes(model: keras.Model) -> bytes:
+    """``model`` in Keras' own ``.keras`` format (architecture and weights), as bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def model_from_bytes(data: bytes, custom_objects: dict | bytes | None = None) -> keras.Model:
+    """The model that :func:`model_to_bytes` wrote, uncompiled. ``custom_objects``: a dict, or
+    the bytes :func:`pickle_custom_objects` wrote (how they travel to a Spark task)."""
+    import keras
+    if isinstance(custom_objects, (bytes, bytearray)):
+        custom_objects = cloudpickle.loads(custom_objects)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        with keras.saving.custom_object_scope(custom_objects or {}):
+            return keras.saving.load_model(path, compile=False)
+
+
 @dataclass(frozen=True)
 class ModelBlueprint:
     """A model's architecture and initial weights, plus how each replica compiles it."""
@@ -30,12 +53,7 @@ class ModelBlueprint:
     def build(self, optimizer: Any = None) -> keras.Model:
         """A fresh compiled replica; ``optimizer`` overrides the blueprint's."""
         import keras
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "model.keras")
-            with open(path, "wb") as handle:
-                handle.write(self.keras_bytes)
-            with keras.saving.custom_object_scope(cloudpickle.loads(self.custom_objects)):
-                model = keras.saving.load_model(path, compile=False)
+        model = model_from_bytes(self.keras_bytes, self.custom_objects)
         model.compile(optimizer=keras.optimizers.get(optimizer or self.optimizer),
                       loss=self.loss, metrics=list(self.metrics))
         return model
@@ -83,17 +101,13 @@ def blueprint(model: keras.Model, optimizer: Any = None, loss: Any = None,
         raise ValueError("no loss: pass loss=... to the trainer or compile the model first")
     if metrics is None:
         metrics = config.get("metrics") or []
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        with open(path, "rb") as handle:
-            data = handle.read()
-    return ModelBlueprint(data, _serialize_optimizer(optimizer), _serialize_loss(loss),
+    return ModelBlueprint(model_to_bytes(model), _serialize_optimizer(optimizer),
+                          _serialize_loss(loss),
                           list(metrics) if isinstance(metrics, (list, tuple)) else [metrics],
-                          _pickle_custom_objects())
+                          pickle_custom_objects())
 
 
-def _pickle_custom_objects() -> bytes:
+def pickle_custom_objects() -> bytes:
     """Registered custom Keras objects, by value where they live in ``__main__`` or a function
     (Spark's broadcast uses plain pickle, which cannot ship those)."""
     import keras

@@ -1,9 +1,11 @@
-"""What the driver shows and does while the workers train: a progress display and the
-per-epoch work (validation of the centre variable, early stopping, checkpoints).
+"""What the driver shows and does while the workers train: a progress display, and the end
+of every epoch as Keras' ``model.fit`` has it (logs, validation, callbacks).
 
-A thread polls the parameter server's history (append-only, so reading it is cheap) and
-never talks to the workers. In a terminal or a notebook the display is a tqdm bar; in a
-spark-submit log (no TTY) it is a line every ``log_every`` seconds.
+Both run on the caller's thread, in :meth:`distkeras.trainers.Trainer.train`'s loop, and never
+talk to the workers: the display reads the parameter server's history (append-only), and the
+epoch ends come from the server's :class:`~distkeras.parameter_server.EpochMark`: a copy of
+the centre variable taken at the commit that completed the epoch. The driver evaluates and
+reports that copy however late it gets to it, so every epoch's values are its own.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import threading
 import time
-from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,33 +25,24 @@ def _interactive() -> bool:
     return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
-class Monitor(threading.Thread):
-    """Progress of one run; calls ``on_epoch(epoch)`` once the centre variable has received
-    the samples of each epoch (the last ones from :meth:`finish`)."""
+class Progress:
+    """A tqdm bar in a terminal or notebook; a log line every ``log_every`` seconds in a
+    spark-submit log (no TTY); nothing with ``verbose=0``."""
 
-    def __init__(self, server, rows: int | None, epochs: int, verbose: int,
-                 on_epoch: Callable[[int], None] | None = None, interval: float = 0.5,
-                 log_every: float = 10.0, name: str = "training"):
-        super().__init__(name="distkeras-monitor", daemon=True)
-        self.server = server
-        self.rows = rows
-        self.epochs = epochs
+    def __init__(self, history, rows: int | None, epochs: int, verbose: int,
+                 name: str = "training", log_every: float = 10.0):
+        self.history = history
+        self.total = rows * epochs if rows else None
         self.verbose = verbose
-        self.on_epoch = on_epoch
-        self.interval = interval
-        self.log_every = log_every
         self.label = name
-        self.epochs_done = 0
-        self._halt = threading.Event()
+        self.log_every = log_every
         self._bar = None
         self._logged = time.monotonic()
-        self._lock = threading.Lock()
 
-    # ---- what is shown --------------------------------------------------------------
     def status(self) -> dict[str, float]:
-        records = self.server.history.records[:]  # a snapshot: the server appends
+        records = self.history.records[:]  # a snapshot: the server appends
         commits = [r for r in records if r.clock >= 0]
-        elapsed = max(self.server.history.elapsed(), 1e-9)
+        elapsed = max(self.history.elapsed(), 1e-9)
         recent = commits[-50:]
         return {
             "samples": sum(r.samples for r in commits),
@@ -70,11 +62,10 @@ class Monitor(threading.Thread):
         else:
             print(message, flush=True)
 
-    def _show(self, final: bool = False) -> None:
+    def show(self, final: bool = False) -> None:
         if not self.verbose:
             return
         s = self.status()
-        total = self.rows * self.epochs if self.rows else None
         if _interactive():
             if self._bar is None:
                 from tqdm.auto import tqdm
@@ -84,7 +75,7 @@ class Monitor(threading.Thread):
                 except ImportError:
                     from tqdm.std import tqdm
 
-                self._bar = tqdm(total=total, unit="samples", desc=self.label,
+                self._bar = tqdm(total=self.total, unit="samples", desc=self.label,
                                  dynamic_ncols=True, leave=True)
             self._bar.n = s["samples"]
             if s["commits"]:
@@ -94,46 +85,18 @@ class Monitor(threading.Thread):
             self._bar.refresh()
         elif final or time.monotonic() - self._logged >= self.log_every:
             self._logged = time.monotonic()
-            done = f"{s['samples']:,}" + (f"/{total:,}" if total else "")
+            done = f"{s['samples']:,}" + (f"/{self.total:,}" if self.total else "")
             print(f"distkeras: {self.label}: {done} samples, {s['commits']:,} commits "
                   f"({s['commits_per_s']:.1f}/s), loss {s['loss']:.4f}, mean staleness "
                   f"{s['staleness']:.1f}, {s['elapsed']:.0f}s", file=sys.stderr, flush=True)
 
-    # ---- the loop -------------------------------------------------------------------
-    def _epochs_reached(self) -> int:
-        if not self.rows:
-            return 0
-        return min(self.epochs, self.server.history.samples_applied // self.rows)
-
-    def _run_epochs(self, upto: int) -> None:
-        with self._lock:
-            while self.epochs_done < upto:
-                epoch = self.epochs_done
-                self.epochs_done += 1
-                if self.on_epoch is not None:
-                    try:
-                        self.on_epoch(epoch)
-                    except Exception as error:  # noqa: BLE001 - never kill the run from here
-                        log.warning("distkeras: end-of-epoch work failed: %s", error)
-
-    def run(self) -> None:
-        while not self._halt.wait(self.interval):
-            self._show()
-            self._run_epochs(self._epochs_reached())
-
-    def finish(self, completed: bool) -> None:
-        """Stop polling; when the run completed, the remaining epochs' work runs now."""
-        self._halt.set()
-        if self.is_alive():
-            self.join(timeout=30)
-        if completed:
-            self._run_epochs(self.epochs)
+    def close(self) -> None:
         if self._bar is not None:
-            self._show()
+            self.show()
             self._bar.close()
             self._bar = None
         else:
-            self._show(final=True)
+            self.show(final=True)
 
 
 def collect_numpy(dataframe, plan) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -142,51 +105,84 @@ def collect_numpy(dataframe, plan) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return plan.arrow_to_numpy(iter(table.to_batches()))
 
 
-class EpochEnd:
-    """Driver-side work after each epoch: validate the centre variable, record Keras-style
-    ``history.history``, checkpoint, and stop early when validation stops improving."""
+class EpochEnds:
+    """Turns the server's epoch marks into Keras epoch ends, in order.
 
-    def __init__(self, server, bp, layout, held_out, batch_size: int,
-                 patience: int | None, min_delta: float, say):
-        self.server, self.layout, self.held_out = server, layout, held_out
-        self.batch_size, self.patience, self.min_delta, self.say = (
-            batch_size, patience, float(min_delta), say)
-        self.model = bp.build() if held_out is not None else None
-        self.best: np.ndarray | None = None
-        self.best_value = math.inf
-        self.waited = 0
-        self.seen = 0  # history records already accounted to an epoch
+    For each mark: ``model`` gets the epoch's centre variable; ``logs`` hold ``loss`` (mean
+    training loss of the epoch's windows), ``val_loss`` and ``val_<metric>`` (the held-out
+    data evaluated on that centre), ``staleness`` (mean over the epoch's commits) and
+    ``commits_per_s``; they go to ``history.history`` and to the callbacks'
+    ``on_epoch_end``. A callback that sets ``model.stop_training`` ends the run: the server
+    answers every worker's next request with STOP and later marks are dropped.
+    """
 
-    def __call__(self, epoch: int) -> None:
-        server = self.server
-        if server.stopped_early:
-            return
-        center = server.snapshot()
-        records = server.history.records[:]
-        window = [r.loss for r in records[self.seen:] if r.clock >= 0]
-        self.seen = len(records)
-        logs = {"loss": float(np.mean(window)) if window else math.nan}
-        if self.model is not None:
-            self.model.set_weights(self.layout.unflatten(center))
+    def __init__(self, server, model, callbacks, held_out, batch_size: int, epochs: int,
+                 say, checkpoint_each_epoch: bool = False):
+        self.server, self.model, self.callbacks = server, model, callbacks
+        callbacks.set_model(model)
+        self.held_out, self.batch_size, self.epochs, self.say = held_out, batch_size, epochs, say
+        self.checkpoint_each_epoch = checkpoint_each_epoch
+        self.first = server.samples // server.rows if server.rows else 0  # a resumed run
+        self.done = self.first
+        self.stopped = False
+        self.logs: dict[str, float] = {}
+        self._records, self._time = 0, 0.0
+
+    def begin(self) -> None:
+        self.model.stop_training = False
+        self.callbacks.on_train_begin()
+        if self.done < self.epochs:
+            self.callbacks.on_epoch_begin(self.done)
+
+    def process(self) -> None:
+        """Every epoch the server has marked since the last call."""
+        for mark in self.server.take_epoch_marks():
+            if self.stopped:
+                continue
+            self._end(mark)
+
+    def _end(self, mark) -> None:
+        self.model.set_weights(self.server.layout.unflatten(mark.center))
+        logs = self._training_logs(mark)
+        if self.held_out is not None:
             xs, ys = self.held_out
             result = self.model.evaluate(xs if len(xs) > 1 else xs[0],
                                          ys if len(ys) > 1 else ys[0],
                                          batch_size=max(self.batch_size, 256), verbose=0,
                                          return_dict=True)
             logs.update({f"val_{k}": float(v) for k, v in result.items()})
+        history = self.server.history.history
         for key, value in logs.items():
-            server.history.history.setdefault(key, []).append(value)
-        if server.config.checkpoint_path:
-            server.checkpoint_or_abort()
-        self.say(f"distkeras: epoch {epoch + 1}: " +
-                 ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
-        watched = logs.get("val_loss", logs["loss"])
-        if watched < self.best_value - self.min_delta:
-            self.best_value, self.best, self.waited = watched, center, 0
-        else:
-            self.waited += 1
-            if self.patience is not None and self.waited >= self.patience:
-                watched_name = "val_loss" if "val_loss" in logs else "loss"
-                server.stop_early(f"no improvement of {watched_name} for {self.waited} "
-                                  f"epoch(s) after epoch {epoch + 1}")
-                self.say(f"distkeras: early stopping: {server.stopped_early}")
+            history.setdefault(key, []).append(value)
+        if self.checkpoint_each_epoch:
+            self.server.checkpoint_or_abort()
+        self.say(f"distkeras: epoch {mark.epoch + 1}/{self.epochs}: " +
+                 ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
+        self.logs = logs
+        self.done = mark.epoch + 1
+        self.callbacks.on_epoch_end(mark.epoch, logs)
+        if getattr(self.model, "stop_training", False):
+            self.stopped = True
+            self.server.stop_early(f"a callback stopped training after epoch "
+                                   f"{mark.epoch + 1}")
+            self.say(f"distkeras: {self.server.stopped_early}")
+        elif self.done < self.epochs:
+            self.callbacks.on_epoch_begin(self.done)
+
+    def _training_logs(self, mark) -> dict[str, Any]:
+        records = self.server.history.records[self._records:mark.records]
+        commits = [r for r in records if r.committed] or records  # ensembles: loss reports
+        losses = [r.loss for r in commits if math.isfinite(r.loss)]
+        span = max(mark.time - self._time, 1e-9)
+        self._records, self._time = mark.records, mark.time
+        return {"loss": float(np.mean(losses)) if losses else math.nan,
+                "staleness": float(np.mean([r.staleness for r in commits])) if commits else 0.0,
+                "commits_per_s": sum(r.committed for r in records) / span}
+
+    def end(self, final_center: np.ndarray | None) -> None:
+        """``final_center``: the run completed and nothing stopped it, so the model holds the
+        final centre variable (the last epoch's, exactly); a stopped run keeps what the
+        callbacks left (the stopping epoch's centre, or EarlyStopping's best)."""
+        if final_center is not None and not self.stopped:
+            self.model.set_weights(self.server.layout.unflatten(final_center))
+        self.callbacks.on_train_end(self.logs)

@@ -21,6 +21,7 @@ from . import checkpoint
 from . import protocol as wire
 from .algorithms import Algorithm, Session
 from .history import History
+from .rendezvous import Rendezvous
 from .shared_memory import Segment
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,20 @@ class ServerConfig:
         return min(limits) / 5.0 if limits else 0.0
 
 
+@dataclass(frozen=True)
+class EpochMark:
+    """The end of one epoch, taken at the commit (or round) that brought the samples trained
+    to (epoch + 1) x rows: a copy of the centre variable there, however late the driver
+    reads it."""
+
+    epoch: int  # 0-based
+    center: np.ndarray
+    clock: int
+    samples: int  # samples trained when the mark was taken
+    time: float  # seconds since the server started (the history's clock)
+    records: int  # history records up to and including the commit that ended the epoch
+
+
 class CheckpointError(OSError):
     """The centre variable could not be written to the checkpoint path."""
 
@@ -64,7 +79,8 @@ class ParameterServer:
     def __init__(self, center: np.ndarray, layout: wire.Layout, algorithm: Algorithm,
                  num_workers: int, token: bytes, bind_host: str = "127.0.0.1", port: int = 0,
                  config: ServerConfig | None = None, cursors: dict[int, int] | None = None,
-                 clock: int = 0, seed: int = 0, on_abort=None):
+                 clock: int = 0, seed: int = 0, on_abort=None, rows: int | None = None,
+                 num_epochs: int = 0, samples: int = 0):
         if center.dtype != wire.DTYPE or center.ndim != 1 or center.size != layout.num_params:
             raise ValueError("center must be a flat float32 vector of the layout's size")
         self.center = center
@@ -77,6 +93,14 @@ class ParameterServer:
         self.clock = int(clock)
         self.cursors: dict[int, int] = dict(cursors or {})
         self.seed = int(seed)  # saved with checkpoints: batch order depends on it
+        # epochs: with ``rows`` known, every commit that brings the samples trained to a
+        # multiple of rows leaves an EpochMark for the driver (``samples``: trained before a
+        # resumed run started)
+        self.rows = int(rows) if rows else 0
+        self.num_epochs = int(num_epochs)
+        self.samples = int(samples)
+        self._marks: list[EpochMark] = []
+        self._marked = self.samples // self.rows if self.rows else 0
         self._on_abort = on_abort  # called once, from a server thread, when the run fails
         self._checkpointed = (self.clock, time.monotonic())
         self._checkpoint_lock = threading.Lock()
@@ -101,11 +125,8 @@ class ParameterServer:
         self.error: str | None = None
         self.stopped_early: str | None = None  # why the driver ended training early
         self.rejected_connections = 0
-        # synchronous rendezvous: who still trains, who committed this round
-        self._active = set(range(self.num_workers))
-        self._arrived: set[int] = set()
-        self._pending: list[tuple] = []  # this round's commits, published when it ends
-        self._round_no = 0
+        # synchronous rounds: who meets, and what the round has summed so far
+        self._rendezvous: Rendezvous[tuple] = Rendezvous(range(self.num_workers))
         self._round_acc = algorithm.round_begin(center) if algorithm.synchronous else None
         self._round_started = time.monotonic()
         limit = self.config.max_connections
@@ -157,8 +178,9 @@ class ParameterServer:
         with self._checkpoint_lock:
             with self._quiesced():
                 center, clock, cursors = self.center.copy(), self.clock, dict(self.cursors)
+                samples = self.samples
             try:
-                checkpoint.save(path, center, clock, cursors, self.seed, self._digest)
+                checkpoint.save(path, center, clock, cursors, self.seed, self._digest, samples)
             except OSError as error:
                 raise CheckpointError(f"cannot write the checkpoint {path}: "
                                       f"{type(error).__name__}: {error}") from error
@@ -468,7 +490,9 @@ class ParameterServer:
         if op == wire.Op.HEARTBEAT:
             return wire.Status.OK, self.clock
         if op == wire.Op.METRICS:
-            self.history.add_metrics(session.worker, loss, samples)
+            with self._lock:
+                self.history.add_metrics(session.worker, loss, samples)
+                self._count(samples)
             return wire.Status.OK, self.clock
         if op == wire.Op.PULL:
             with self._apply_lock:
@@ -505,9 +529,9 @@ class ParameterServer:
             applied = True
         finally:
             with self._quiet:
+                self._applying -= 1  # first: an epoch mark below waits for the others only
                 if applied:
                     self._bookkeep(session, clock, samples, cursor, loss)
-                self._applying -= 1
                 if self._pauses:
                     self._quiet.notify_all()
         if op == wire.Op.COMMIT_PULL:
@@ -521,12 +545,46 @@ class ParameterServer:
         self.algorithm.on_pull(self.center, session)
 
     def _bookkeep(self, session: Session, clock: int, samples: int, cursor: int,
-                  loss: float, staleness: int | None = None, at: float | None = None) -> None:
+                  loss: float, staleness: int | None = None, at: float | None = None,
+) -> None:
+        """Record a commit whose update is in the centre (lock held)."""
         if cursor > self.cursors.get(session.worker, -1):
             self.cursors[session.worker] = cursor
         if staleness is None:
             staleness = clock - session.pulled_clock
         self.history.add_commit(session.worker, clock + 1, staleness, loss, samples, at=at)
+        self._count(samples)
+
+    def _count(self, samples: int) -> None:
+        """Count trained samples; mark every epoch they complete (lock held). Lock-free
+        (Hogwild) applies in flight finish first and new ones wait, so the copy is never
+        torn; the caller's own apply is no longer counted as in flight."""
+        self.samples += int(samples)
+        if not self._epoch_due():
+            return
+        self._pauses += 1  # hold new lock-free applies back until the copy is taken
+        try:
+            while self._epoch_due():  # checked again after every wait: another thread
+                if self._applying:    # may have marked this epoch meanwhile
+                    self._quiet.wait()
+                    continue
+                self._marks.append(EpochMark(self._marked, self.center.copy(), self.clock,
+                                             self.samples, self.history.elapsed(),
+                                             len(self.history.records)))
+                self._marked += 1
+        finally:
+            self._pauses -= 1
+            self._quiet.notify_all()
+
+    def _epoch_due(self) -> bool:
+        return bool(self.rows) and self._marked < self.num_epochs and \
+            self.samples >= (self._marked + 1) * self.rows
+
+    def take_epoch_marks(self) -> list[EpochMark]:
+        """The epoch marks not taken yet, oldest first (the driver frees them as it goes)."""
+        with self._lock:
+            marks, self._marks = self._marks, []
+        return marks
 
     def _commit_round(self, op, session, update, outbox, samples, cursor, loss):
         timed_out = None
@@ -534,28 +592,28 @@ class ParameterServer:
             refused = self._refusal(session)
             if refused != wire.Status.OK:
                 return refused, self.clock
-            if session.worker not in self._active:
+            rendezvous = self._rendezvous
+            if session.worker not in rendezvous.active:
                 return wire.Status.ABORTED, self.clock
-            if not self._arrived:
+            if not rendezvous.open:
                 self._round_started = time.monotonic()  # the wait starts with the first
             self.algorithm.round_add(self._round_acc, update, samples)
-            self._arrived.add(session.worker)
+            my_round = rendezvous.round_no
             # clock, cursor and history move when the round is applied, never before
-            self._pending.append((session, samples, cursor, loss, self.history.elapsed()))
-            my_round = self._round_no
-            self._maybe_end_round()
-            while self._round_no == my_round and self.error is None \
+            self._end_round(rendezvous.arrive(
+                session.worker, (session, samples, cursor, loss, self.history.elapsed())))
+            while rendezvous.round_no == my_round and self.error is None \
                     and self.stopped_early is None and not self._stopping.is_set():
                 waited = time.monotonic() - self._waiting_since()
                 if waited > self.config.round_timeout:
-                    missing = sorted(self._active - self._arrived)
+                    missing = sorted(rendezvous.missing)
                     timed_out = (f"synchronous round {my_round}: the workers that arrived "
                                  f"waited {waited:.0f}s without a sign of life from "
                                  f"worker(s) {missing}; round_timeout="
                                  f"{self.config.round_timeout}s")
                     break
                 self._round.wait(timeout=min(1.0, self.config.round_timeout))
-            ended = self._round_no != my_round
+            ended = rendezvous.round_no != my_round
             if ended and op == wire.Op.COMMIT_PULL:
                 self._pull(session, outbox)
             clock = self.clock
@@ -571,34 +629,30 @@ class ParameterServer:
         """Since when the arrived workers of this round have had no news of the missing ones:
         the round's first arrival, or a missing worker's latest frame (heartbeats count), so
         a worker that is still training its window is waited for (lock held)."""
-        missing = self._active - self._arrived
+        missing = self._rendezvous.missing
         latest = [s.last_seen for s in self.sessions.values()
                   if s.worker in missing and not s.fenced]
         return max([self._round_started, *latest])
 
-    def _maybe_end_round(self) -> None:
-        """Apply the round once every partition still training has committed (lock held)."""
-        if not self.algorithm.synchronous or not self._arrived:
-            return
-        if not self._active <= self._arrived:
+    def _end_round(self, members: list[tuple] | None) -> None:
+        """Apply a round that has just completed (lock held); ``members``: its commits, in
+        arrival order (None: the round goes on)."""
+        if members is None:
             return
         self.algorithm.round_end(self.center, self._round_acc)
         self._round_acc = self.algorithm.round_begin(self.center)
-        for session, samples, cursor, loss, at in self._pending:
+        for session, samples, cursor, loss, at in members:
             clock = self.clock
             self.clock += 1
             # every member computed its update from the previous round's centre
             self._bookkeep(session, clock, samples, cursor, loss, staleness=0, at=at)
-        self._pending.clear()
-        self._arrived.clear()
-        self._round_no += 1
         self._round.notify_all()
 
     def _leave(self, session: Session) -> None:
         with self._round:
-            self._active.discard(session.worker)
             self.history.add_finished(session.worker)
-            self._maybe_end_round()
+            if self.algorithm.synchronous:
+                self._end_round(self._rendezvous.leave(session.worker))
 
     def _lost(self, session: Session) -> None:
         """A worker's connection ended without bye (killed task, crash, network).

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -23,7 +21,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from .data import DataError
+from .data import DataError, as_array, column_kinds
+from .models import model_from_bytes, model_to_bytes, pickle_custom_objects
 
 __all__ = ["ModelPredictor", "load_keras_bytes", "model_digest", "model_to_bytes"]
 
@@ -31,16 +30,6 @@ __all__ = ["ModelPredictor", "load_keras_bytes", "model_digest", "model_to_bytes
 _LOADED: OrderedDict[str, keras.Model] = OrderedDict()
 _LOADED_CAPACITY = 4
 _LOADED_LOCK = threading.Lock()
-
-
-def model_to_bytes(model: keras.Model) -> bytes:
-    """The model in Keras' own ``.keras`` format (architecture, weights, no optimizer state
-    needed for inference), as bytes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        with open(path, "rb") as handle:
-            return handle.read()
 
 
 def model_digest(model: keras.Model) -> str:
@@ -54,21 +43,8 @@ def model_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def load_keras_bytes(data: bytes, custom_objects: dict | None = None) -> keras.Model:
-    """Rebuild a model from ``.keras`` bytes, uncompiled (inference needs no optimizer)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        with open(path, "wb") as handle:
-            handle.write(data)
-        with keras.saving.custom_object_scope(custom_objects or {}):
-            return keras.saving.load_model(path, compile=False)
-
-
-def _custom_objects_payload() -> bytes:
-    """Registered custom Keras objects (cloudpickled, as the trainers ship them)."""
-    from .models import _pickle_custom_objects
-
-    return _pickle_custom_objects()
+#: the name this module has always exported for :func:`distkeras.models.model_from_bytes`
+load_keras_bytes = model_from_bytes
 
 
 @dataclass(frozen=True)
@@ -87,9 +63,7 @@ def _cached_model(shipped: _Shipped) -> keras.Model:
         if model is not None:
             _LOADED.move_to_end(shipped.digest)
             return model
-        import cloudpickle
-
-        model = load_keras_bytes(shipped.keras_bytes, cloudpickle.loads(shipped.custom_objects))
+        model = model_from_bytes(shipped.keras_bytes, shipped.custom_objects)
         _LOADED[shipped.digest] = model
         while len(_LOADED) > _LOADED_CAPACITY:
             _LOADED.popitem(last=False)
@@ -173,7 +147,7 @@ class ModelPredictor:
         self.batch_size = int(batch_size)
         self.keras_bytes = model_to_bytes(keras_model)
         self.digest = model_digest(keras_model)
-        self._custom_objects = _custom_objects_payload()
+        self._custom_objects = pickle_custom_objects()
         self._broadcast = None
         self._broadcast_sc = None
 
@@ -235,28 +209,10 @@ class ModelPredictor:
 
     def _feature_exprs(self, dataframe) -> list:
         """One checked ``array<float>`` expression per feature column."""
-        from pyspark.ml.functions import vector_to_array
-        from pyspark.ml.linalg import VectorUDT
         from pyspark.sql import functions as F
-        from pyspark.sql.types import ArrayType, NumericType
 
-        missing = [c for c in self.features_cols if c not in dataframe.columns]
-        if missing:
-            raise DataError(f"column(s) {missing} not in the DataFrame; it has "
-                            f"{dataframe.columns}")
-        types = {field.name: field.dataType for field in dataframe.schema.fields}
-        raw = []
-        for name in self.features_cols:
-            kind = types[name]
-            if isinstance(kind, VectorUDT):
-                raw.append(vector_to_array(F.col(name), "float32"))
-            elif isinstance(kind, ArrayType) and isinstance(kind.elementType, NumericType):
-                raw.append(F.col(name).cast("array<float>"))
-            elif isinstance(kind, NumericType):
-                raw.append(F.array(F.col(name).cast("float")))
-            else:
-                raise DataError(f"column '{name}' has type {kind.simpleString()}: features "
-                                f"must be a Spark ML Vector, an array of numbers or a number")
+        kinds = column_kinds(dataframe, self.features_cols)
+        raw = [as_array(F.col(name), kinds[name], "float") for name in self.features_cols]
         self._check_first_row(dataframe, raw)
         checked = []
         for i, (name, expr, shape) in enumerate(zip(self.features_cols, raw,

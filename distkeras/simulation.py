@@ -59,7 +59,9 @@ import numpy as np
 
 from . import protocol
 from .algorithms import Algorithm, Session
+from .data import is_sparse_loss
 from .history import History
+from .rendezvous import TRAIN, Rendezvous, batch_schedule
 from .workers import WorkerError, batch_order
 
 __all__ = ["SimulationResult", "Speeds", "Trace", "shards", "simulate", "simulate_trainer",
@@ -322,11 +324,9 @@ class _Server:
         self.history.synchronous = algorithm.synchronous
         self.clock = 0
         self.now = 0.0
-        self.active = set(range(num_workers))
-        self.arrived: set[int] = set()
+        self.rendezvous: Rendezvous[tuple] = Rendezvous(range(num_workers))
         self.waiting: list[int] = []  # workers blocked in the current round, in arrival order
         self.wake: Callable[[int], None] = lambda worker: None  # set by the event loop
-        self.round_no = 0
         self.round_acc = algorithm.round_begin(center) if algorithm.synchronous else None
 
     def pull(self, link: _Link) -> np.ndarray:
@@ -340,42 +340,39 @@ class _Server:
         if not protocol.all_finite(update):
             raise WorkerError(f"worker {link.worker} sent a non-finite update")
         session = link.session
-        clock = self.clock
-        self.clock += 1
         if self.algorithm.synchronous:
             self.algorithm.round_add(self.round_acc, update, link.samples)
-            self.arrived.add(link.worker)
-            # every member computed its update from the previous round's centre: no staleness
-            self._bookkeep(link, clock, staleness=0)
-            my_round = self.round_no
-            self.end_round_if_complete()
-            if self.round_no == my_round:
+            my_round = self.rendezvous.round_no
+            # the round's clock and history move when it is applied, as on the server
+            self._end_round(self.rendezvous.arrive(
+                link.worker, (link.worker, link.loss, link.samples, self.now)))
+            if self.rendezvous.round_no == my_round:
                 self.waiting.append(link.worker)
                 link.call.wait()  # the event loop resumes us when the round has ended
         else:
+            clock = self.clock
+            self.clock += 1
             self.algorithm.apply(self.center, update, session, clock)
-            self._bookkeep(link, clock, staleness=clock - session.pulled_clock)
+            self.history.add_commit(link.worker, clock + 1, clock - session.pulled_clock,
+                                    link.loss, link.samples, at=self.now)
         return self.pull(link) if reply else None
 
-    def _bookkeep(self, link: _Link, clock: int, staleness: int) -> None:
-        self.history.add_commit(link.worker, clock + 1, staleness, link.loss, link.samples,
-                                at=self.now)
-
-    def end_round_if_complete(self) -> None:
-        if not self.algorithm.synchronous or not self.arrived or not self.active <= self.arrived:
+    def _end_round(self, members: list[tuple] | None) -> None:
+        if members is None:
             return
         self.algorithm.round_end(self.center, self.round_acc)
         self.round_acc = self.algorithm.round_begin(self.center)
-        self.arrived.clear()
-        self.round_no += 1
+        for worker, loss, samples, at in members:
+            self.clock += 1
+            # every member computed its update from the previous round's centre: no staleness
+            self.history.add_commit(worker, self.clock, 0, loss, samples, at=at)
         waiting, self.waiting = self.waiting, []
         for worker in waiting:
             self.wake(worker)
 
     def leave(self, worker: int) -> None:
-        self.active.discard(worker)
         self.history.add_finished(worker, at=self.now)
-        self.end_round_if_complete()
+        self._end_round(self.rendezvous.leave(worker))
 
 
 @dataclass
@@ -447,7 +444,7 @@ def _one_hot(y: np.ndarray, model: Any, loss: Any) -> np.ndarray:
     is a sparse one or the model has a single output unit."""
     y = np.asarray(y)
     outputs = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else 1
-    sparse = "sparse" in str(getattr(loss, "name", loss)).lower()
+    sparse = is_sparse_loss(loss)
     if y.ndim == 1 and outputs > 1 and not sparse and np.issubdtype(y.dtype, np.integer):
         return np.eye(outputs, dtype=np.float32)[y]
     return y.astype(np.float32) if y.dtype != np.float32 else y
@@ -579,19 +576,14 @@ def simulate(algorithm: Algorithm, model: Any, x: np.ndarray, y: np.ndarray,
         replica.w0 = replica.link.pull().copy()
         replica.w = replica.w0.copy()
         replica.t = server.now + latency
-        per_epoch = math.ceil(rows / batch_size) if rows else 0
         window_batches: list[np.ndarray] = []
-        for epoch in range(num_epoch):
-            order = batch_order(order_spec, k, epoch, rows)
-            for b in range(per_epoch):
-                window_batches.append(order[b * batch_size:(b + 1) * batch_size])
+        for step in batch_schedule(rows, batch_size, num_epoch, window, exchange_each_epoch,
+                                   lambda epoch: batch_order(order_spec, k, epoch, rows)):
+            if step.kind == TRAIN:
+                window_batches.append(step.rows)
                 replica.t += replica.next_step()
-                if len(window_batches) >= window:
-                    yield from exchange(replica, window_batches, epoch * per_epoch + b)
-            if exchange_each_epoch and window_batches:
-                yield from exchange(replica, window_batches, (epoch + 1) * per_epoch - 1)
-        if window_batches:  # the last partial window is committed, not dropped
-            yield from exchange(replica, window_batches, num_epoch * per_epoch - 1)
+            else:
+                yield from exchange(replica, window_batches, step.index)
         # goodbye right after the last exchange (in a replay: before the next commit)
         yield replica.t + (0.25 if replica.replay is not None else 0.0)
         server.leave(k)
@@ -619,9 +611,10 @@ def simulate(algorithm: Algorithm, model: Any, x: np.ndarray, y: np.ndarray,
                 continue
             if following is not None:
                 schedule(k, max(following, server.now))
-        if server.active or server.waiting:
-            raise RuntimeError(f"simulation ended with workers {sorted(server.active)} still "
-                               f"in a synchronous round")
+        if server.rendezvous.active or server.waiting:
+            raise RuntimeError(f"simulation ended with workers "
+                               f"{sorted(server.rendezvous.active)} still in a synchronous "
+                               f"round")
     finally:
         for call in list(calls.values()):
             call.abort()

@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import math
 import time
-import uuid
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -24,11 +23,11 @@ from .data import plan_columns, plan_rdd_columns
 from .data import validate as validate_data
 from .errors import worker_exception
 from .history import History
+from .jobs import SparkJob
 from .models import blueprint
-from .monitor import EpochEnd, Monitor, collect_numpy
+from .monitor import EpochEnds, Progress, collect_numpy
 from .parameter_server import ParameterServer, ServerConfig, TrainingAborted
-from .spark import driver_address, is_connect, task_slots
-from .workers import REPORT_SCHEMA, WorkerSpec, run_arrow_task, run_rdd_task
+from .workers import WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,13 @@ class Trainer:
         return self._training_time
 
     # ---- the run ----------------------------------------------------------------------
+    #: seconds between two looks of the driver's loop at the job, the history and the epochs
+    poll_interval = 0.2
+
     def train(self, data, shuffle: bool | None = None, repartition: bool = True,
               validate: bool = True, resume_from: str | None = None,
-              validation_data=None, early_stopping_patience: int | None = None,
+              validation_data=None, callbacks: Sequence | None = None,
+              early_stopping_patience: int | None = None,
               early_stopping_min_delta: float = 0.0, restore_best_weights: bool = True):
         """Train on ``data`` and return a keras.Model holding the final centre variable.
 
@@ -111,191 +114,136 @@ class Trainer:
         variable, the clock and every partition's cursor, so that no batch is trained twice
         (give the same data, ``num_workers`` and batch size as the interrupted run).
 
-        ``validation_data`` (a DataFrame with the same columns) is evaluated on the centre
-        variable after every epoch, into ``history.history["val_loss"]`` and
-        ``"val_<metric>"`` as Keras does; with ``early_stopping_patience`` the run stops when
-        ``val_loss`` (``loss`` without validation data) has not improved by
-        ``early_stopping_min_delta`` for that many epochs, and the best centre variable is
-        returned (``restore_best_weights``). With ``checkpoint_path`` the centre variable is
-        also saved after every epoch.
+        Epochs are exact: epoch k ends at the commit (for synchronous trainers: the round)
+        that brings the samples trained to k x rows, where the server copies the centre
+        variable. ``validation_data`` (a DataFrame with the same columns) is evaluated on that
+        copy, into ``history.history["val_loss"]`` and ``"val_<metric>"`` as Keras does.
+        ``callbacks`` are Keras callbacks run on the driver as ``model.fit`` runs them
+        (``on_train_begin/end``, ``on_epoch_begin/end`` with those logs; ``callback.model``
+        holds the epoch's centre variable; ``model.stop_training = True`` stops the workers
+        and the job completes). ``early_stopping_patience`` is a shorthand for
+        ``keras.callbacks.EarlyStopping(monitor="val_loss" (or "loss" without validation
+        data), patience, min_delta=early_stopping_min_delta, restore_best_weights)``. With
+        ``checkpoint_path`` the centre variable is also saved after every epoch.
         """
         started = time.time()
         shuffle = self.shuffle if shuffle is None else shuffle
         loss = self.loss if self.loss is not None else self._compiled_loss()
-        is_rdd = not hasattr(data, "sparkSession")
-        if is_rdd:
-            spark, sc = None, data.context
-            plan = plan_rdd_columns(data, self.keras_model, loss)
-            rows = data.count() if validate else None
-        else:
-            spark = data.sparkSession
-            sc = None if is_connect(spark) else spark.sparkContext
-            plan = plan_columns(data, self.features_col, self.label_col, self.keras_model, loss)
-            rows = validate_data(data, plan) if validate else None
+        job = SparkJob(data, self.num_workers, self.single_worker, self.algorithm.synchronous,
+                       name=f"distkeras {type(self).__name__}")
+        plan, rows = self._check_data(job, loss, validate)
         bp = blueprint(self.keras_model, self.worker_optimizer, self.loss, self.metrics)
-        weights = self.keras_model.get_weights()
-        layout = protocol.Layout.of(weights)
-        center = layout.flatten(weights)
-        clock, cursors, seed = 0, {}, self.seed
-        if resume_from:
-            state = load_checkpoint(resume_from, layout)
-            center[:] = state.center
-            clock, cursors, seed = state.clock, state.cursors, state.seed
-        self._check_slots(sc, spark)
-        bind, host = self._server_address(sc)
-        token = protocol.new_token()
-        tag = f"distkeras-{uuid.uuid4().hex[:12]}"
-        server = ParameterServer(center, layout, self.algorithm, self.num_workers, token,
-                                 bind_host=bind, config=self.server_config, cursors=cursors,
-                                 clock=clock, seed=seed,
-                                 on_abort=lambda reason: self._interrupt(sc, spark, tag))
-        server.start()
-        self.parameter_server = server
-        self.history = server.history
-        self._say(f"distkeras: {type(self).__name__} on {self.num_workers} worker(s), "
-                  f"{layout.num_params:,} parameters, server {host}:{server.address[1]}")
-        spec = WorkerSpec(bp, self.algorithm, plan, layout, (host, server.address[1]), token,
+        layout, center, resumed = self._starting_point(resume_from)
+        job.check_slots()
+        server, address, token = self._start_server(job, layout, center, resumed, rows)
+        spec = WorkerSpec(bp, self.algorithm, plan, layout, address, token,
                           self.batch_size, self.num_epoch, self.communication_window,
-                          self.exchange_each_epoch, self.returns_replicas, shuffle, seed)
-        shipped = sc.broadcast(spec) if sc is not None else None
-        held_out = None
-        if validation_data is not None:
-            held_out = collect_numpy(validation_data, plan_columns(
-                validation_data, self.features_col, self.label_col, self.keras_model, loss))
-        epoch_end = EpochEnd(server, bp, layout, held_out, self.batch_size,
-                             early_stopping_patience, early_stopping_min_delta,
-                             lambda message: monitor.say(message))
-        monitor = Monitor(server, rows, self.num_epoch, self.verbose, epoch_end,
-                          name=type(self).__name__)
-        completed = False
+                          self.exchange_each_epoch, self.returns_replicas, shuffle,
+                          resumed.seed if resumed else self.seed)
+        progress = Progress(server.history, rows, self.num_epoch, self.verbose,
+                            name=type(self).__name__)
+        ends = EpochEnds(server, bp.build(), self._callbacks(callbacks, validation_data,
+                         early_stopping_patience, early_stopping_min_delta,
+                         restore_best_weights), self._held_out(validation_data, loss),
+                         self.batch_size, self.num_epoch, progress.say,
+                         checkpoint_each_epoch=bool(self.server_config.checkpoint_path))
         try:
-            monitor.start()
-            self._tag(sc, spark, tag)
-            if is_rdd:
-                self.worker_reports = self._run_rdd(data, spec, shipped, repartition)
-            else:
-                self.worker_reports = self._run_arrow(data, plan, spec, shipped, repartition)
-            completed = True
+            job.start(spec, plan, repartition)
+            ends.begin()
+            while not job.wait(self.poll_interval):
+                progress.show()
+                ends.process()
+            self.worker_reports = job.reports()
+            ends.process()
         except BaseException as error:
-            self._interrupt(sc, spark, tag)
-            if server.error:
-                raise TrainingAborted(server.error) from error
-            own = worker_exception(error)
-            if own is not None:
-                raise own from None
-            raise
+            job.cancel()
+            raise self._failure(server, error) from error
         finally:
-            monitor.finish(completed and server.error is None)
+            progress.close()
             server.stop()
             self.parameter_server = None
-            self._untag(sc, spark, tag)
-            if shipped is not None:
-                shipped.unpersist(blocking=False)
+            job.close()
         if server.error:
             raise TrainingAborted(server.error)
-        if restore_best_weights and epoch_end.best is not None and server.stopped_early:
-            center[:] = epoch_end.best
-        model = self._result(bp, layout, center)
+        ends.end(center)
+        model = self._result(ends.model, bp, layout)
         self._training_time = time.time() - started
         self._say(f"distkeras: trained in {self._training_time:.1f}s, "
                   f"{self.history.samples_applied:,} samples applied in "
                   f"{len(self.history.commits):,} commits")
         return model
 
-    # ---- the Spark job ------------------------------------------------------------------
-    def _run_arrow(self, dataframe, plan, spec, shipped, repartition) -> list[dict]:
-        frame = plan.arrow_frame(self._partitioned(dataframe.select(*plan.names), repartition))
+    # ---- the steps of a run -------------------------------------------------------------
+    def _check_data(self, job: SparkJob, loss, validate: bool):
+        """How each column feeds the model, and the number of rows (validated: every row)."""
+        if job.is_rdd:
+            return plan_rdd_columns(job.data, self.keras_model, loss), job.data.count()
+        plan = plan_columns(job.data, self.features_col, self.label_col, self.keras_model, loss)
+        return plan, (validate_data(job.data, plan) if validate else job.data.count())
 
-        if shipped is not None:
-            def task(batches):
-                return run_arrow_task(shipped.value, batches)
-        else:  # Spark Connect: no broadcast; the spec travels with the function
-            def task(batches):
-                return run_arrow_task(spec, batches)
+    def _starting_point(self, resume_from: str | None):
+        """(layout, flat centre variable, the checkpoint resumed from or None)."""
+        weights = self.keras_model.get_weights()
+        layout = protocol.Layout.of(weights)
+        center = layout.flatten(weights)
+        resumed = load_checkpoint(resume_from, layout) if resume_from else None
+        if resumed is not None:
+            center[:] = resumed.center
+        return layout, center, resumed
 
-        rows = frame.mapInArrow(task, REPORT_SCHEMA,
-                                barrier=self.algorithm.synchronous).collect()
-        reports = []
-        for row in rows:
-            report = row.asDict()
-            if report["weights"] is not None:
-                report["weights"] = np.frombuffer(report["weights"], dtype=protocol.DTYPE)
-            reports.append(report)
-        return reports
+    def _start_server(self, job: SparkJob, layout, center, resumed, rows):
+        """The run's parameter server, listening: (server, address for workers, token)."""
+        bind, host = job.server_address(self.server_host)
+        token = protocol.new_token()
+        server = ParameterServer(
+            center, layout, self.algorithm, self.num_workers, token,
+            bind_host=bind, config=self.server_config,
+            cursors=resumed.cursors if resumed else None, clock=resumed.clock if resumed else 0,
+            seed=resumed.seed if resumed else self.seed, on_abort=lambda reason: job.cancel(),
+            rows=rows, num_epochs=self.num_epoch, samples=resumed.samples if resumed else 0)
+        server.start()
+        self.parameter_server = server
+        self.history = server.history
+        self._say(f"distkeras: {type(self).__name__} on {self.num_workers} worker(s), "
+                  f"{layout.num_params:,} parameters, server {host}:{server.address[1]}")
+        return server, (host, server.address[1]), token
 
-    def _run_rdd(self, rdd, spec, shipped, repartition) -> list[dict]:
-        if repartition:
-            rdd = rdd.coalesce(1) if self.single_worker else rdd.repartition(self.num_workers)
-        elif rdd.getNumPartitions() != self.num_workers:
-            raise ValueError(f"repartition=False: the RDD has {rdd.getNumPartitions()} "
-                             f"partitions but num_workers is {self.num_workers}")
+    def _held_out(self, validation_data, loss):
+        if validation_data is None:
+            return None
+        return collect_numpy(validation_data, plan_columns(
+            validation_data, self.features_col, self.label_col, self.keras_model, loss))
 
-        def task(index, rows):
-            return run_rdd_task(shipped.value, index, rows)
-
-        stage = rdd.barrier() if self.algorithm.synchronous else rdd
-        return stage.mapPartitionsWithIndex(task).collect()
+    def _callbacks(self, callbacks, validation_data, patience, min_delta, restore_best):
+        callbacks = list(callbacks or [])
+        for callback in callbacks:
+            if not isinstance(callback, keras.callbacks.Callback):
+                raise TypeError(f"callbacks must be keras.callbacks.Callback instances, got "
+                                f"{type(callback).__name__}")
+        if patience is not None:
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor="val_loss" if validation_data is not None else "loss",
+                patience=int(patience), min_delta=float(min_delta),
+                restore_best_weights=bool(restore_best)))
+        return keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False,
+                                            epochs=self.num_epoch, verbose=0)
 
     @staticmethod
-    def _tag(sc, spark, tag: str) -> None:
-        if sc is not None:
-            sc.setJobGroup(tag, "distkeras training", interruptOnCancel=True)
-        else:
-            spark.addTag(tag)
+    def _failure(server: ParameterServer, error: BaseException) -> BaseException:
+        """What the caller sees when the run fails: the server's reason, else the worker's
+        own exception, else the error itself."""
+        if server.error:
+            return TrainingAborted(server.error)
+        own = worker_exception(error)
+        return own if own is not None else error
 
-    @staticmethod
-    def _untag(sc, spark, tag: str) -> None:
-        if sc is None:
-            spark.removeTag(tag)
-
-    @staticmethod
-    def _interrupt(sc, spark, tag: str) -> None:
-        """Cancel this run's Spark jobs (KeyboardInterrupt, a failed task, a server abort)."""
-        try:
-            if sc is not None:
-                sc.cancelJobGroup(tag)
-            else:
-                spark.interruptTag(tag)
-        except Exception as error:  # noqa: BLE001 - the original error matters more
-            log.warning("distkeras: could not cancel the Spark job: %s", error)
-
-    def _result(self, bp, layout, center):
-        model = bp.build()
-        model.set_weights(layout.unflatten(center))
+    def _result(self, model, bp, layout):
+        """The model ``train`` returns: the callbacks' model, holding the final centre."""
         return model
 
     def _compiled_loss(self):
         config = getattr(self.keras_model, "_compile_config", None)
         return config.config.get("loss") if config is not None else None
-
-    def _partitioned(self, dataframe, repartition: bool = True):
-        if not repartition:
-            if not is_connect(dataframe.sparkSession):
-                found = dataframe.rdd.getNumPartitions()
-                if found != self.num_workers:
-                    raise ValueError(f"repartition=False: the DataFrame has {found} "
-                                     f"partitions but num_workers is {self.num_workers}")
-            return dataframe
-        if self.single_worker:
-            return dataframe.coalesce(1)
-        return dataframe.repartition(self.num_workers)
-
-    def _server_address(self, sc) -> tuple[str, str]:
-        """(bind, advertise): Spark's own driver address, or ``server_host`` when given."""
-        if self.server_host:
-            return self.server_host, self.server_host
-        if sc is not None:
-            return driver_address(sc)
-        return "127.0.0.1", "127.0.0.1"  # Spark Connect client without server_host: local
-
-    def _check_slots(self, sc, spark) -> None:
-        if not self.algorithm.synchronous:
-            return
-        slots = task_slots(sc, spark)
-        if slots is not None and slots < self.num_workers:
-            raise ValueError(f"{type(self).__name__} is synchronous: its {self.num_workers} "
-                             f"workers must run at the same time, but Spark has {slots} task "
-                             f"slot(s). Use num_workers <= {slots} or give Spark more cores.")
 
     def _say(self, message: str) -> None:
         if self.verbose:
@@ -475,7 +423,7 @@ class EnsembleTrainer(Trainer):
     def _algorithm(self):
         return algorithms.Independent()
 
-    def _result(self, bp, layout, center):
+    def _result(self, model, bp, layout):
         members = []
         for report in sorted(self.worker_reports, key=lambda r: r["worker"]):
             member = bp.build()

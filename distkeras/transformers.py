@@ -26,23 +26,20 @@ from typing import Any
 
 from pyspark import keyword_only
 from pyspark.ml import Transformer
-from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.ml.linalg import Vector, VectorUDT
+from pyspark.ml.functions import array_to_vector
+from pyspark.ml.linalg import Vector
 from pyspark.ml.param import Param, Params
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, BooleanType, NumericType
 
-from .data import DataError
+from .data import SCALAR, VECTOR, DataError, as_array, column_kinds
 
 __all__ = [
     "DenseTransformer", "LabelIndexTransformer", "MinMaxTransformer", "OneHotTransformer",
     "ReshapeTransformer", "StandardTransformer",
 ]
-
-VECTOR, ARRAY, SCALAR = "vector", "array", "scalar"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,33 +91,6 @@ def _quote(name: str) -> Column:
     return F.col("`" + name.replace("`", "``") + "`")
 
 
-def _kind(dataset: DataFrame, name: str, who: str) -> str:
-    """'vector', 'array' or 'scalar' for a numeric column; DataError for anything else."""
-    if name not in dataset.columns:
-        raise DataError(f"{who}: column '{name}' is not in the DataFrame; it has "
-                        f"{dataset.columns}")
-    dtype = dataset.schema[name].dataType
-    if isinstance(dtype, VectorUDT):
-        return VECTOR
-    if isinstance(dtype, ArrayType) and _numeric(dtype.elementType):
-        return ARRAY
-    if _numeric(dtype):
-        return SCALAR
-    raise DataError(f"{who}: column '{name}' has type {dtype.simpleString()}; expected a "
-                    f"Spark ML vector, an array of numbers or a number")
-
-
-def _numeric(dtype) -> bool:
-    return isinstance(dtype, NumericType) and not isinstance(dtype, BooleanType)
-
-
-def _as_array(column: Column, kind: str) -> Column:
-    """A vector or numeric array column as array<double> (JVM, no Python); null stays null."""
-    if kind == VECTOR:  # vector_to_array itself fails on a null
-        return F.when(column.isNotNull(), vector_to_array(column))
-    return column.cast("array<double>")
-
-
 def _fail(*parts: str | Column) -> Column:
     """An expression that fails the Spark task with a message built from ``parts``."""
     return F.raise_error(F.concat(*[F.lit(p) if isinstance(p, str) else p for p in parts]))
@@ -140,7 +110,7 @@ def _map_values(column: Column, kind: str, fn: Callable[[Column, Column], Column
     """
     if kind == SCALAR:
         return fn(column.cast("double"), F.lit(0))
-    values = _as_array(column, kind)
+    values = as_array(column, kind)
     mapped = F.transform(values, fn)
     if kind == VECTOR:
         mapped = array_to_vector(mapped)
@@ -213,7 +183,7 @@ class _ColumnTransformer(Transformer, HasInputCol, HasOutputCol,
     def _transform(self, dataset: DataFrame) -> DataFrame:
         self._validate(require=True)
         name = self.getInputCol()
-        kind = _kind(dataset, name, type(self).__name__)
+        kind = column_kinds(dataset, [name], type(self).__name__)[name]
         return dataset.withColumn(self.getOutputCol(),
                                   self._expression(_quote(name), kind, name))
 
@@ -330,7 +300,7 @@ class LabelIndexTransformer(_ColumnTransformer):
             raise DataError(f"LabelIndexTransformer: column '{name}' holds one number per "
                             f"row; expected a prediction vector or array")
         dim, who = self.getOutputDim(), "LabelIndexTransformer"
-        values = _as_array(column, kind)
+        values = as_array(column, kind)
         top = F.array_max(values)  # Spark orders NaN above every number
         argmax = (F.array_position(values, top) - 1).cast("double")
         return (F.when(values.isNull(), _fail(f"{who}: column '{name}' holds a null row"))
@@ -493,7 +463,7 @@ class DenseTransformer(_ColumnTransformer):
         if kind == SCALAR:
             raise DataError(f"DenseTransformer: column '{name}' holds one number per row; "
                             f"expected a vector or an array (VectorAssembler builds vectors)")
-        values = _as_array(column, kind)
+        values = as_array(column, kind)
         return F.when(values.isNull(), F.lit(None)).otherwise(array_to_vector(values))
 
 
@@ -537,7 +507,7 @@ class ReshapeTransformer(_ColumnTransformer):
                             f"expected a flat vector or array")
         shape = self.getShape()
         size = math.prod(shape)
-        values = _as_array(column, kind)
+        values = as_array(column, kind)
 
         def nest(flat: Column, start: Column | int, dims: tuple[int, ...]) -> Column:
             # the block of prod(dims) values of ``flat`` that begins at 0-based ``start``

@@ -19,6 +19,7 @@ import numpy as np
 from . import protocol as wire
 from .algorithms import Algorithm
 from .data import ColumnPlan
+from .rendezvous import EXCHANGE, batch_schedule
 from .shared_memory import Segment
 
 if TYPE_CHECKING:  # the model code (Keras, TensorFlow) is imported only where it runs
@@ -233,12 +234,11 @@ def train_partition(spec: WorkerSpec, partition: int,
     resume_after, transport = link.cursor, link.transport
     window = {"steps": 0, "loss": 0.0, "samples": 0}
     done = {"commits": 0, "samples": 0}
-    first_batch_at, model, num_rows, batches_per_epoch = None, None, 0, 0
+    first_batch_at, model, num_rows = None, None, 0
 
-    def commit(last_batch: int) -> None:
-        epoch, batch = divmod(last_batch, max(batches_per_epoch, 1))
+    def commit(step) -> None:
         _exchange(spec, model, link, w, w0, window["steps"], window["loss"], window["samples"],
-                  last_batch, f"epoch {epoch}, batch {batch}")
+                  step.index, f"epoch {step.epoch}, batch {step.batch}")
         done["commits"] += 1
         done["samples"] += window["samples"]
         window.update(steps=0, loss=0.0, samples=0)
@@ -252,36 +252,30 @@ def train_partition(spec: WorkerSpec, partition: int,
         w0 = link.pull().copy()
         w = w0.copy()
         model.set_weights(spec.layout.unflatten(w))
-        batches_per_epoch = math.ceil(num_rows / spec.batch_size) if num_rows else 0
-        for epoch in range(spec.num_epoch):
-            link.epoch = epoch
-            order = batch_order(spec, partition, epoch, num_rows)
-            for b in range(batches_per_epoch):
-                batch_index = epoch * batches_per_epoch + b
-                if batch_index <= resume_after:
-                    continue  # a previous attempt's commit already covered this batch
-                index = order[b * spec.batch_size:(b + 1) * spec.batch_size]
-                if first_batch_at is None:  # the first step compiles: it may take long
-                    with link.keepalive():
-                        loss = model.train_on_batch(_take(xs, index), _take(ys, index))
-                    first_batch_at = time.time()
-                else:
-                    loss = model.train_on_batch(_take(xs, index), _take(ys, index))
-                loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
-                if not math.isfinite(loss):
-                    _fail(link, f"worker {partition}: training loss is {loss} at epoch "
-                                f"{epoch}, batch {b}; lower the learning rate or check the "
-                                f"data for NaN/inf")
-                link.heartbeat_if_due()
-                window["steps"] += 1
-                window["loss"] += loss
-                window["samples"] += len(index)
-                if window["steps"] >= spec.window:
-                    commit(batch_index)
-            if spec.exchange_each_epoch and window["steps"]:
-                commit((epoch + 1) * batches_per_epoch - 1)
-        if window["steps"]:  # the last partial window is committed, not dropped
-            commit(spec.num_epoch * batches_per_epoch - 1)
+        steps = batch_schedule(num_rows, spec.batch_size, spec.num_epoch, spec.window,
+                               spec.exchange_each_epoch,
+                               lambda epoch: batch_order(spec, partition, epoch, num_rows),
+                               resume_after)
+        for step in steps:
+            link.epoch = step.epoch
+            if step.kind == EXCHANGE:
+                commit(step)
+                continue
+            if first_batch_at is None:  # the first step compiles: it may take long
+                with link.keepalive():
+                    loss = model.train_on_batch(_take(xs, step.rows), _take(ys, step.rows))
+                first_batch_at = time.time()
+            else:
+                loss = model.train_on_batch(_take(xs, step.rows), _take(ys, step.rows))
+            loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
+            if not math.isfinite(loss):
+                _fail(link, f"worker {partition}: training loss is {loss} at epoch "
+                            f"{step.epoch}, batch {step.batch}; lower the learning rate or "
+                            f"check the data for NaN/inf")
+            link.heartbeat_if_due()
+            window["steps"] += 1
+            window["loss"] += loss
+            window["samples"] += len(step.rows)
         link.bye()
     except StopTraining:
         pass  # the driver ended training early (early stopping): leave cleanly

@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 
 import pytest
+from helpers import free_port
 
 pytestmark = pytest.mark.timeout(600)
 HERE = os.path.dirname(__file__)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

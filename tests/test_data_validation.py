@@ -7,9 +7,9 @@ through ``train()`` itself to show that the error comes before a worker or serve
 
 from __future__ import annotations
 
-import threading
-
+import numpy as np
 import pytest
+from helpers import server_threads
 
 import distkeras
 from distkeras import DataError
@@ -63,7 +63,7 @@ def test_float_label_between_integer_min_and_max_is_refused(spark):
     with pytest.raises(DataError, match=r"column 'label': class indices must be integers "
                                          r"in \[0, 10\).*found 2\.7\b"):
         make_trainer().train(df)
-    assert not [t for t in threading.enumerate() if t.name.startswith("distkeras-ps")]
+    assert not server_threads()
 
 
 def test_double_label_in_range_non_integer_is_refused(spark):
@@ -101,3 +101,125 @@ def test_clean_data_with_integer_valued_double_labels_passes(spark):
     df = frame(spark, rows, array_of(T.FloatType), T.DoubleType())
     plan = plan_columns(df, "features", "label", tiny_model(), "categorical_crossentropy")
     assert validate(df, plan) == 8
+
+
+# ---- what a column may hold: one rule (distkeras.data.column_kind) for trainers, transformers,
+# ---- predictors and evaluators
+def test_boolean_and_decimal_columns_are_numbers_end_to_end(spark):
+    """Booleans are 0/1 and decimals numbers, as scalars (a decimal array too); the columns
+    workers read reach numpy as float32 (decimals cast to double in the JVM first)."""
+    from decimal import Decimal
+
+    import keras
+    from pyspark.sql import types as T
+
+    schema = T.StructType([
+        T.StructField("d", T.DecimalType(10, 3)), T.StructField("b", T.BooleanType()),
+        T.StructField("da", T.ArrayType(T.DecimalType(10, 2))),
+        T.StructField("label", T.DecimalType(5, 0)), T.StructField("flag", T.BooleanType())])
+    rows = [(Decimal(f"{i}.250"), i % 2 == 1, [Decimal("0.50"), Decimal(f"-{i}.25")],
+             Decimal(i % 3), i % 3 == 0) for i in range(6)]
+    df = spark.createDataFrame(rows, schema)
+    inputs = [keras.Input((1,)), keras.Input((1,)), keras.Input((2,))]
+    hidden = keras.layers.Concatenate()(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(3, activation="softmax")(hidden),
+                                 keras.layers.Dense(1, activation="sigmoid")(hidden)])
+    plan = plan_columns(df, ["d", "b", "da"], ["label", "flag"], model,
+                        ["categorical_crossentropy", "binary_crossentropy"])
+    assert [c.scalar for c in plan.columns] == [True, True, False, True, True]
+    assert validate(df, plan) == 6
+    table = plan.arrow_frame(df).toArrow()
+    assert str(table.schema.field("d").type) == "double"
+    (d, b, da), (label, flag) = plan.arrow_to_numpy(iter(table.to_batches()))
+    assert all(a.dtype == np.float32 for a in (d, b, da, label, flag))
+    np.testing.assert_array_equal(d[:, 0], np.arange(6) + 0.25)
+    np.testing.assert_array_equal(b[:, 0], np.arange(6) % 2)
+    np.testing.assert_array_equal(da[:, 1], -(np.arange(6) + 0.25))
+    np.testing.assert_array_equal(label, np.eye(3)[np.arange(6) % 3])  # one-hot from decimals
+    np.testing.assert_array_equal(flag[:, 0], np.arange(6) % 3 == 0)
+    # a decimal class index is checked like any other
+    bad = spark.createDataFrame([(Decimal("1.000"), True, [Decimal(0), Decimal(1)],
+                                  Decimal(7), False)] + rows, schema)
+    with pytest.raises(DataError, match=r"column 'label': class indices.*\[0, 3\).*found 7"):
+        validate(bad, plan_columns(bad, ["d", "b", "da"], ["label", "flag"], model,
+                                   ["categorical_crossentropy", "binary_crossentropy"]))
+
+
+def test_non_numeric_columns_are_refused_naming_column_and_type(spark):
+    from pyspark.sql import types as T
+
+    df = frame(spark, [([True] * WIDTH, 1)], array_of(T.BooleanType), T.LongType())
+    with pytest.raises(DataError, match=r"column 'features' has type array<boolean>, which is "
+                                        r"not numeric; expected a Spark ML Vector"):
+        plan_columns(df, "features", "label", tiny_model())
+    with pytest.raises(DataError, match=r"column 'nope' is not in the DataFrame"):
+        plan_columns(df, "features", "nope", tiny_model())
+
+
+def test_a_null_vector_row_is_named_not_a_spark_udf_failure(spark):
+    from pyspark.ml.linalg import Vectors, VectorUDT
+    from pyspark.sql import types as T
+
+    rows = [(Vectors.dense([0.5] * WIDTH), 1)] * 3 + [(None, 2)]
+    df = frame(spark, rows, VectorUDT(), T.LongType())
+    assert_refused(df, r"column 'features': 1 row\(s\) are null")
+
+
+# ---- which losses take class indices: distkeras.data.is_sparse_loss ------------------------
+@pytest.mark.parametrize("form", ["name", "instance", "config", "function"])
+def test_sparse_loss_is_recognised_in_every_form(form):
+    import keras
+
+    from distkeras.data import is_sparse_loss
+
+    forms = {
+        "name": lambda sparse: f"{sparse}categorical_crossentropy",
+        "instance": lambda sparse: (keras.losses.SparseCategoricalCrossentropy() if sparse
+                                    else keras.losses.CategoricalCrossentropy()),
+        "config": lambda sparse: keras.losses.serialize(forms["instance"](sparse)),
+        "function": lambda sparse: (keras.losses.sparse_categorical_crossentropy if sparse
+                                    else keras.losses.categorical_crossentropy),
+    }
+    assert is_sparse_loss(forms[form]("sparse_"))
+    assert not is_sparse_loss(forms[form](""))
+
+
+def test_sparse_loss_is_decided_by_the_loss_not_its_display_name():
+    """The two old copies disagreed here: one read ``str(loss)``, the other ``loss.name``."""
+    import keras
+
+    from distkeras.data import is_sparse_loss
+
+    assert is_sparse_loss(keras.losses.SparseCategoricalCrossentropy(name="xent"))
+    assert not is_sparse_loss(keras.losses.CategoricalCrossentropy(name="sparse_looking"))
+
+    class Smoothed(keras.losses.SparseCategoricalCrossentropy):
+        pass
+
+    assert is_sparse_loss(Smoothed())
+    assert is_sparse_loss("SparseCategoricalCrossentropy")
+    assert is_sparse_loss(keras.losses.serialize(keras.losses.sparse_categorical_crossentropy))
+    model = tiny_model()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy())  # as train() reads it
+    assert is_sparse_loss(model._compile_config.config["loss"])
+    assert not is_sparse_loss(None) and not is_sparse_loss("mse")
+    assert is_sparse_loss(["mse", "sparse_categorical_crossentropy"])  # any of them
+
+
+def test_each_output_gets_its_own_loss_when_planning_labels(spark):
+    """A list (or dict by output name) of losses decides per output: only the sparse output's
+    integer label stays an index; the other output's label keeps the output's shape."""
+    import keras
+    from pyspark.sql import types as T
+
+    inputs = keras.Input((WIDTH,))
+    model = keras.Model(inputs, [keras.layers.Dense(CLASSES, name="digit")(inputs),
+                                 keras.layers.Dense(1, name="size")(inputs)])
+    schema = T.StructType([T.StructField("features", array_of(T.DoubleType)),
+                           T.StructField("label", T.LongType()),
+                           T.StructField("size", T.DoubleType())])
+    df = spark.createDataFrame([([0.5] * WIDTH, 3, 1.5)], schema)
+    for loss in (["sparse_categorical_crossentropy", "mse"],
+                 {"size": "mse", "digit": keras.losses.SparseCategoricalCrossentropy()}):
+        plan = plan_columns(df, "features", ["label", "size"], model, loss)
+        assert [(c.shape, c.one_hot) for c in plan.labels] == [((), 0), ((1,), 0)]

@@ -10,15 +10,14 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-import time
 import tracemalloc
 
 import numpy as np
 import pytest
 from conftest import running_server
+from helpers import GoodWorker, closed_by_server, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_protocol import GoodWorker, closed_by_server
 
 from distkeras import algorithms, protocol
 from distkeras.parameter_server import ServerConfig
@@ -128,8 +127,11 @@ def test_after_the_fuzzing_every_good_commit_counts_once_and_nothing_else(live):
     link = ServerLink(server.address, token, layout, worker=1, attempt=2**32 - 1)
     np.testing.assert_array_equal(link.pull(), server.center)
     link.bye()
-    time.sleep(0.5)  # every fuzz connection's thread has ended: only the acceptor is left
-    assert [t.name for t in threading.enumerate()
-            if t.name.startswith("distkeras-ps-")] == ["distkeras-ps-accept"]
+
+    def server_threads():
+        return [t.name for t in threading.enumerate() if t.name.startswith("distkeras-ps-")]
+
+    # every fuzz connection's thread ends (the newcomer's too): only the acceptor is left
+    assert wait_for(lambda: server_threads() == ["distkeras-ps-accept"]), server_threads()
     print(f"fuzzed {STATS['examples']} connections, {STATS['frames']} frames; "
           f"peak allocation {peak} bytes")

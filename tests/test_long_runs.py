@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 from conftest import running_server
+from helpers import wait_for
 from numpy.testing import assert_array_equal
 
 from distkeras import algorithms, checkpoint, protocol
@@ -35,14 +36,6 @@ def in_thread(target, *args):
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, results, errors
-
-
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # ---- 1: a round's timeout counts the wait for the missing workers, nothing else -------------
@@ -161,7 +154,7 @@ def test_a_checkpoint_in_the_middle_of_a_round_holds_no_cursor_of_it(tmp_path):
         b.pull()
         a.samples, a.last_batch = 10, 4
         waiter, _, errors = in_thread(a.commit_and_pull, np.array([2.0], np.float32))
-        wait_for(lambda: server._arrived == {0})
+        assert wait_for(lambda: server._rendezvous.arrived == {0}, timeout=10)
         server.checkpoint()
         mid = checkpoint.load(path, layout)
         assert mid.cursors == {} and mid.clock == 0 and mid.center[0] == 0.0
@@ -185,7 +178,7 @@ def test_an_aborted_round_publishes_nothing(tmp_path):
         a.pull()
         a.samples, a.last_batch = 10, 9
         waiter, _, errors = in_thread(a.commit_and_pull, np.array([2.0], np.float32))
-        wait_for(lambda: server._arrived == {0})
+        assert wait_for(lambda: server._rendezvous.arrived == {0}, timeout=10)
         b._sock.shutdown(socket.SHUT_RDWR)  # worker 1 dies mid-round
         waiter.join(timeout=10)
         assert errors and "aborted" in str(errors[0])
@@ -235,7 +228,7 @@ def test_hogwild_snapshots_and_checkpoints_are_never_torn(tmp_path):
             link.bye()
 
         workers = [in_thread(commit_ones, 0)]
-        wait_for(lambda: server.clock > 5)
+        assert wait_for(lambda: server.clock > 5, timeout=10)
         copies = [server.snapshot() for _ in range(20)]
         for _ in range(10):
             server.checkpoint()
@@ -325,7 +318,7 @@ def test_no_shared_memory_segment_is_left_behind():
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", ["SingleTrainer", "AveragingTrainer"])
 def test_trainers_without_a_window_outlive_short_timeouts(name, spark, digits_df, digits):
-    from test_training import accuracy, mlp
+    from helpers import accuracy, mlp
 
     import distkeras
 

@@ -8,19 +8,12 @@ import zipfile
 
 import numpy as np
 import pytest
+from helpers import mlp
 
 pytestmark = pytest.mark.timeout(300)
 
 TRAIN_ROWS = 2000
 TEST_ROWS = 300
-
-
-def mlp(seed=1):
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((784,)), keras.layers.Dense(32, activation="relu"),
-                             keras.layers.Dense(10, activation="softmax")])
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def fitted(frames):
     from distkeras.ml import KerasEstimator
     from distkeras.trainers import DOWNPOUR
 
-    trainer = DOWNPOUR(mlp(), loss="categorical_crossentropy", num_workers=2, num_epoch=1,
+    trainer = DOWNPOUR(mlp(hidden=32), loss="categorical_crossentropy", num_workers=2, num_epoch=1,
                        verbose=0, seed=3)
     estimator = KerasEstimator(trainer=trainer, predictionCol="scores")
     return estimator, estimator.fit(frames[0])
@@ -108,7 +101,7 @@ def test_estimator_in_a_pipeline_and_pipeline_model_persistence(frames, tmp_path
 
     train, test, xt, _ = frames
     # the trainer by class name and keyword arguments; a Java stage in front of it
-    estimator = KerasEstimator(trainer="DOWNPOUR", keras_model=mlp(2),
+    estimator = KerasEstimator(trainer="DOWNPOUR", keras_model=mlp(2, hidden=32),
                                loss="categorical_crossentropy", num_workers=2, num_epoch=1,
                                verbose=0, featuresCol="assembled")
     assembler = VectorAssembler(inputCols=["features"], outputCol="assembled")
@@ -134,7 +127,7 @@ def test_an_unfitted_pipeline_saves_the_estimator_params_only(tmp_path):
     from distkeras.ml import KerasEstimator
     from distkeras.trainers import ADAG
 
-    estimator = KerasEstimator(ADAG(mlp(), loss="categorical_crossentropy", verbose=0,
+    estimator = KerasEstimator(ADAG(mlp(hidden=32), loss="categorical_crossentropy", verbose=0,
                                     features_col="pixels"), labelCol="digit", batchSize=64)
     assert estimator.getFeaturesCol() == "pixels"  # the trainer's column is the default
     path = str(tmp_path / "pipeline")
@@ -152,7 +145,7 @@ def test_model_from_a_plain_keras_model_and_constructor_checks(frames):
     from distkeras.ml import KerasEstimator, KerasModel
 
     _, test, xt, _ = frames
-    model = mlp(4)
+    model = mlp(4, hidden=32)
     stage = KerasModel(model, predictionCol="p", batchSize=50)
     np.testing.assert_allclose(predictions(stage.transform(test), "p"),
                                model.predict(xt, verbose=0), atol=1e-5)

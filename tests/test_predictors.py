@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import mlp, shift_layer
 
 from distkeras import DataError
 
@@ -15,12 +16,8 @@ ROWS = 600  # held-out digits used for prediction
 @pytest.fixture(scope="module")
 def trained(digits):
     """A small MLP, trained for one epoch on the 4,000 training digits with model.fit."""
-    import keras
-
     x, y, _, _ = digits
-    keras.utils.set_random_seed(5)
-    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = mlp(5, hidden=32)
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=64, epochs=1, verbose=0)
     return model
@@ -72,18 +69,7 @@ def test_flat_rows_are_reshaped_to_the_model_input_shape_custom_layer_included(s
 
     from distkeras.predictors import ModelPredictor
 
-    @keras.saving.register_keras_serializable(package="distkeras_test_predictors")
-    class Shift(keras.layers.Layer):  # defined here: shipped to the workers by value
-        def __init__(self, by=0.0, **kwargs):
-            super().__init__(**kwargs)
-            self.by = by
-
-        def call(self, inputs):
-            return inputs + self.by
-
-        def get_config(self):
-            return {**super().get_config(), "by": self.by}
-
+    Shift = shift_layer("distkeras_test_predictors")  # shipped to the workers by value
     df, xt, _ = held_out
     keras.utils.set_random_seed(2)
     conv = keras.Sequential([keras.Input((28, 28, 1)), Shift(0.5), keras.layers.Conv2D(4, 3),
@@ -221,3 +207,33 @@ def test_pyspark_evaluators_on_model_predictor_output(trained, held_out):
                                         metricName="areaUnderROC").evaluate(binary)
     assert auc == pytest.approx(roc_auc_score(yt == 0, probs[:, 0]), abs=1e-3)
     scored.unpersist()
+
+
+def test_boolean_and_decimal_features_and_labels_and_null_predictions(spark):
+    """The column rule the trainers use: booleans are 0/1 and decimals numbers, for features
+    and labels alike; a null prediction vector is left out of the accuracy, not a crash."""
+    from decimal import Decimal
+
+    import keras
+    from pyspark.ml.linalg import Vectors, VectorUDT
+    from pyspark.sql import types as T
+
+    from distkeras.evaluators import AccuracyEvaluator
+    from distkeras.predictors import ModelPredictor
+
+    schema = T.StructType([T.StructField("id", T.IntegerType()),
+                           T.StructField("b", T.BooleanType()),
+                           T.StructField("d", T.DecimalType(6, 2)),
+                           T.StructField("scores", VectorUDT())])
+    df = spark.createDataFrame([(0, True, Decimal("1.50"), Vectors.dense([0.2, 0.8])),
+                                (1, False, Decimal("-2.25"), Vectors.dense([0.1, 0.9])),
+                                (2, True, Decimal("0.00"), None)], schema)
+    keras.utils.set_random_seed(1)
+    inputs = [keras.Input((1,)), keras.Input((1,))]
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Concatenate()(inputs)))
+    (got,) = by_id(ModelPredictor(model, ["b", "d"], "p").predict(df), "p")
+    x = [np.array([[1.0], [0.0], [1.0]], np.float32), np.array([[1.5], [-2.25], [0.0]],
+                                                                np.float32)]
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
+    # boolean labels are class indices 0/1: one hit, one miss, the row without scores left out
+    assert AccuracyEvaluator("scores", "b").evaluate(df) == 0.5

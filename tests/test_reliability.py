@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from test_training import BATCH, accuracy, mlp
+from helpers import BATCH, accuracy, mlp, server_threads
 
 import distkeras
 from distkeras import checkpoint
@@ -184,4 +184,4 @@ def test_hanging_worker_stops_the_run_with_an_error_naming_it(spark, digits):
     with pytest.raises(distkeras.TrainingAborted, match=r"worker 1 .*stall_timeout"):
         trainer.train(df)
     assert time.monotonic() - started < 120
-    assert not [t for t in threading.enumerate() if t.name.startswith("distkeras-ps")]
+    assert not server_threads()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
 from conftest import running_server
-from test_training import BATCH, EPOCHS, TOLERANCE, accuracy, mlp, reference_accuracy  # noqa: F401
+from helpers import BATCH, EPOCHS, TOLERANCE, accuracy, mlp, reference_accuracy  # noqa: F401
 
 import distkeras
 from distkeras import algorithms
@@ -19,7 +20,81 @@ from distkeras.workers import ServerLink, WorkerError
 pytestmark = pytest.mark.timeout(300)
 
 
+def rounds_of(commits):
+    """The rounds of a synchronous run, read from its history: a worker's k-th commit belongs
+    to round k (its commit_and_pull returns only once round k is applied, and a worker that
+    leaves never comes back). Asserts what the server promises about them: it records a
+    round's commits together when it applies the round, so the records come round by round,
+    and no commit of round k + 1 arrived (its record's time) before every commit of round k
+    had. Returns the records of each round."""
+    seen = Counter()
+    rounds = []
+    for record in commits:
+        k = seen[record.worker]
+        seen[record.worker] += 1
+        assert k >= len(rounds) - 1, f"worker {record.worker}'s commit {k} was recorded in round " \
+                                     f"{len(rounds) - 1}"
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(record)
+    for k, (earlier, later) in enumerate(zip(rounds, rounds[1:])):
+        assert max(r.time for r in earlier) <= min(r.time for r in later), \
+            f"a commit of round {k + 1} arrived before round {k} was complete"
+    return rounds
+
+
 # ---- the rendezvous on a real server --------------------------------------------------------
+def test_each_round_records_every_commit_and_hands_every_member_the_round_end_centre():
+    """Model averaging of 3 workers, 4 rounds; worker 2 runs out of data after 2 rounds. Each
+    round's members all receive the same centre, the sample-weighted mean of that round's
+    updates, and the clock counted every commit; the history holds every commit, round by
+    round."""
+    n, size = 3, 6
+    rounds_made = {0: 4, 1: 4, 2: 2}
+    with running_server(algorithms.ModelAveraging(), np.zeros(size), num_workers=n) as (
+            server, layout, token):
+        links = [ServerLink(server.address, token, layout, worker=w) for w in range(n)]
+        for link in links:
+            link.pull()
+        got = {w: [] for w in range(n)}  # (centre, clock) each commit_and_pull returned
+        errors = []
+
+        def work(w):
+            try:
+                link = links[w]
+                for k in range(rounds_made[w]):
+                    link.samples = w + 1
+                    update = np.full(size, 10.0 * k + w, np.float32)
+                    got[w].append((link.commit_and_pull(update).copy(), link.clock))
+                link.bye()
+            except Exception as error:  # noqa: BLE001 - reported by the test
+                errors.append(error)
+
+        threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not errors, errors
+        assert not any(thread.is_alive() for thread in threads)
+    clock = 0
+    for k in range(max(rounds_made.values())):
+        members = [w for w in range(n) if rounds_made[w] > k]
+        clock += len(members)
+        centre = sum((w + 1) * (10.0 * k + w) for w in members) / sum(w + 1 for w in members)
+        for w in members:
+            np.testing.assert_allclose(got[w][k][0], np.full(size, centre), rtol=1e-6)
+            assert got[w][k][1] == clock, (w, k)
+    commits = server.history.commits
+    assert server.clock == len(commits) == sum(rounds_made.values())
+    assert [r.clock for r in commits] == list(range(1, len(commits) + 1))
+    rounds = rounds_of(commits)
+    assert [sorted(r.worker for r in records) for records in rounds] == \
+        [[0, 1, 2], [0, 1, 2], [0, 1], [0, 1]]
+    assert all(r.samples == r.worker + 1 for r in commits)
+    assert set(server.history.finished) == {0, 1, 2}
+
+
 def test_finished_worker_leaves_the_round_set():
     rule = algorithms.EASGD(rho=1.0, learning_rate=0.5)  # alpha = 0.5
     with running_server(rule, [0.0], num_workers=2) as (server, layout, token):
@@ -115,7 +190,18 @@ def test_synchronous_trainer_reaches_model_fit_accuracy(name, digits_df, digits,
     acc = accuracy(model, xt, yt)
     assert acc >= reference_accuracy - TOLERANCE, (name, acc, reference_accuracy)
     assert trainer.history.samples_applied == 4000 * EPOCHS
-    assert max(r.staleness for r in trainer.history.commits) == 0
+    # what the server computed: the clock counts every commit, the history holds each commit
+    # every worker made (and the samples it trained), round by round
+    commits = trainer.history.commits
+    assert [r.clock for r in commits] == list(range(1, len(commits) + 1))
+    reports = {r["worker"]: r for r in trainer.worker_reports}
+    assert Counter(r.worker for r in commits) == Counter(
+        {w: r["commits"] for w, r in reports.items()})
+    summary = trainer.history.summary()
+    assert {w: summary[w]["samples"] for w in reports} == \
+        {w: r["samples"] for w, r in reports.items()}
+    rounds = rounds_of(commits)
+    assert len(rounds) == max(r["commits"] for r in reports.values()) >= EPOCHS
 
 
 def skewed(spark, digits, big=2000, small=200):

@@ -332,3 +332,29 @@ def test_pipeline_and_model_round_trip(frame, tmp_path):
     assert loaded.fit(frame).transform(frame).orderBy("id").select(columns).collect() == \
            expected
     assert [r.back for r in expected] == [float(r.y) for r in frame.orderBy("id").collect()]
+
+
+def test_boolean_and_decimal_columns_are_numbers(spark):
+    """The column rule the trainers use (distkeras.data.column_kind): a boolean is a 0/1
+    number and a decimal a number, so they transform like any numeric column."""
+    from decimal import Decimal
+
+    from pyspark.sql.types import BooleanType, DecimalType
+
+    schema = StructType([StructField("id", IntegerType()), StructField("b", BooleanType()),
+                         StructField("d", DecimalType(6, 2)),
+                         StructField("da", ArrayType(DecimalType(6, 2)))])
+    df = spark.createDataFrame(
+        [(i, i % 2 == 1, Decimal(f"{i}.50"), [Decimal(i), Decimal("0.25")]) for i in range(4)],
+        schema)
+    out = OneHotTransformer(output_dim=2, input_col="b", output_col="b1").transform(df)
+    out = MinMaxTransformer(n_min=0, n_max=10, input_col="d", output_col="d1").transform(out)
+    out = StandardTransformer(mean=[1.0, 0.0], std=[2.0, 0.5], input_col="da",
+                              output_col="da1").transform(out)
+    assert_no_python(out)
+    np.testing.assert_array_equal(column(out, "b1"), np.eye(2)[np.arange(4) % 2])
+    np.testing.assert_allclose(column(out, "d1"), (np.arange(4) + 0.5) / 10)
+    np.testing.assert_allclose(column(out, "da1"),
+                               [[(i - 1.0) / 2.0, 0.5] for i in range(4)])
+    with pytest.raises(DataError, match="DenseTransformer: column 'b' holds one number"):
+        DenseTransformer(input_col="b", output_col="x").transform(df)
