@@ -14,6 +14,17 @@ from .protocol import DTYPE, Layout
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """What :func:`load` returns.
+
+    Attributes:
+        center: The centre variable, flat float32.
+        clock: The server clock (commits applied) when it was written.
+        cursors: Partition -> the last batch index committed from it.
+        seed: The run's seed (the batch order depends on it).
+        digest: The layout digest of the model it belongs to.
+        samples: Samples trained when it was written.
+    """
+
     center: np.ndarray
     clock: int
     cursors: dict[int, int]
@@ -24,7 +35,21 @@ class Checkpoint:
 
 def save(path: str, center: np.ndarray, clock: int, cursors: dict[int, int], seed: int,
          digest: bytes, samples: int = 0) -> None:
-    """Write atomically: a reader sees the previous checkpoint or this one, never a torn file."""
+    """Write a checkpoint atomically: a reader sees the previous one or this one, never a torn
+    file (a temporary file is written, synced, then renamed over ``path``).
+
+    Args:
+        path: The file to write; its directory is created if needed.
+        center: The centre variable (flat; stored as float32).
+        clock: The server clock.
+        cursors: Partition -> the last batch index committed from it.
+        seed: The run's seed.
+        digest: The model's layout digest (`Layout.digest()`).
+        samples: Samples trained so far. Defaults to `0`.
+
+    Raises:
+        OSError: The file cannot be written.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"
@@ -40,7 +65,19 @@ def save(path: str, center: np.ndarray, clock: int, cursors: dict[int, int], see
 
 
 def load(path: str, layout: Layout) -> Checkpoint:
-    """Read a checkpoint and check that it belongs to a model of this layout."""
+    """Read a checkpoint and check that it belongs to a model of this layout.
+
+    Args:
+        path: A file :func:`save` wrote.
+        layout: The layout of the model to resume (`Layout.of(model.get_weights())`).
+
+    Returns:
+        A :class:`Checkpoint`.
+
+    Raises:
+        ValueError: The checkpoint was written for another model layout.
+        OSError: The file cannot be read (`FileNotFoundError` when it does not exist).
+    """
     with np.load(path, allow_pickle=False) as data:
         digest = data["digest"].tobytes()
         if digest != layout.digest():

@@ -19,11 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError  # noqa: F401 - also importable from here
+
 VECTOR, ARRAY, SCALAR = "vector", "array", "scalar"
-
-
-class DataError(ValueError):
-    """The data does not fit the model; raised before any training starts."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,53 @@
-"""Errors from Spark workers, brought back to the driver as the worker's own exception."""
+"""Every exception distkeras raises, in one place, and how a Spark worker's exception is
+brought back to the driver as the worker's own (not as a JVM stack trace).
+
+Pure Python: the wire, the workers and the driver all import from here.
+"""
 
 from __future__ import annotations
 
 import builtins
 import importlib
+
+
+class DataError(ValueError):
+    """The data does not fit the model; raised before any training starts.
+
+    Raised by `train()` (a missing column, a wrong width, a null, NaN/inf, a class index out
+    of range, no rows), and by `ModelPredictor.predict`, the transformers' `transform` and
+    `AccuracyEvaluator.evaluate` for a missing column or one of the wrong kind. The message
+    names the column, what was expected and what was found. A `ValueError`.
+    """
+
+
+class TrainingAborted(RuntimeError):
+    """The run was stopped: a worker died mid-round, a round timed out, a worker failed in a
+    way a retry would repeat, a checkpoint could not be written, or the driver aborted.
+
+    `train()` raises it with the parameter server's reason (e.g. a worker's loss became
+    NaN/inf, `round_timeout` or `stall_timeout` passed, see `ServerConfig`), after the
+    Spark job was cancelled and the server stopped. A `RuntimeError`.
+    """
+
+
+class CheckpointError(OSError):
+    """The centre variable could not be written to the checkpoint path."""
+
+
+class WorkerError(RuntimeError):
+    """Training on a partition cannot go on (server refused, run aborted, loss diverged)."""
+
+
+class StopTraining(Exception):  # noqa: N818 - a signal, not an error
+    """The driver ended training early: the worker leaves cleanly."""
+
+
+class ProtocolError(ConnectionError):
+    """A peer sent something that is not a valid frame; the connection must be closed."""
+
+
+class JavaMissingError(RuntimeError):
+    """Spark needs Java 17 or newer and there is none (or it does not run)."""
 
 
 class WorkerFailed(RuntimeError):

@@ -31,6 +31,17 @@ def class_index(dataframe, name: str, threshold: float = 0.5):
     Vector/array of two or more values: the position of the largest (the first on ties, as
     ``numpy.argmax``); one value: 1.0 if it is above ``threshold`` else 0.0 (a sigmoid output);
     a number: itself. Null in, null out.
+
+    Args:
+        dataframe: The DataFrame holding the column (its type decides the expression).
+        name: The column: a Vector, an array or a number.
+        threshold: The cut of a single-value row. Defaults to `0.5`.
+
+    Returns:
+        A `pyspark.sql.Column` of doubles.
+
+    Raises:
+        DataError: `name` is missing from `dataframe` or not numeric.
     """
     from pyspark.sql import functions as F
 
@@ -45,9 +56,26 @@ def class_index(dataframe, name: str, threshold: float = 0.5):
 class AccuracyEvaluator(Evaluator, DefaultParamsReadable, DefaultParamsWritable):
     """Fraction of rows whose predicted class equals the label, computed by one Spark aggregate.
 
-    ``prediction_col``: a probability/score vector or array (argmax taken; a single value is a
-    sigmoid output, thresholded at 0.5) or a class index. ``label_col``: a class index or a
-    one-hot vector/array. Rows where either is null are left out.
+    ``evaluate(df)`` returns the accuracy as a float. Rows where either column is null are
+    left out.
+
+    Args:
+        prediction_col: A probability/score vector or array (argmax taken; a single value is
+            a sigmoid output, thresholded at 0.5) or a class index. Defaults to
+            `"prediction"`.
+        label_col: A class index or a one-hot vector/array. Defaults to `"label"`.
+
+    Raises:
+        DataError: At `evaluate()`: a column is missing or not numeric, or no row has
+            both columns set.
+
+    Example:
+
+    ```python
+    scored = ModelPredictor(trained).predict(test_df)
+    accuracy = AccuracyEvaluator(prediction_col="prediction", label_col="label")
+    print(accuracy.evaluate(scored))
+    ```
     """
 
     predictionCol = Param(Params._dummy(), "predictionCol", "prediction column: a vector, "
@@ -62,10 +90,12 @@ class AccuracyEvaluator(Evaluator, DefaultParamsReadable, DefaultParamsWritable)
 
     @property
     def prediction_col(self) -> str:
+        """The prediction column's name."""
         return self.getOrDefault(self.predictionCol)
 
     @property
     def label_col(self) -> str:
+        """The label column's name."""
         return self.getOrDefault(self.labelCol)
 
     def _evaluate(self, dataset) -> float:
@@ -82,4 +112,5 @@ class AccuracyEvaluator(Evaluator, DefaultParamsReadable, DefaultParamsWritable)
         return float(row["acc"])
 
     def isLargerBetter(self) -> bool:
+        """True: a larger accuracy is better (what `CrossValidator` asks)."""
         return True

@@ -30,7 +30,17 @@ COLUMNS = ["time", "worker", "clock", "staleness", "loss", "samples", "committed
 
 @dataclass(frozen=True)
 class Commit:
-    """One record: a worker's window reached the server (or only its loss did)."""
+    """One record: a worker's window reached the server (or only its loss did).
+
+    Attributes:
+        time: Seconds since the parameter server started.
+        worker: The worker's Spark partition index.
+        clock: The server clock after this commit was applied; `-1` for a loss report
+            that carried no update.
+        staleness: Commits of other workers applied since this worker's last pull.
+        loss: Mean training loss of the worker's window.
+        samples: Samples the window trained on.
+    """
 
     time: float  # seconds since the server started
     worker: int  # Spark partition index
@@ -46,14 +56,32 @@ class Commit:
 
 
 class History:
-    """Commits in arrival order plus per-worker bookkeeping; cheap to append to.
+    """What happened during one training run: every commit, in arrival order.
 
-    ``records`` holds every :class:`Commit`, ``finished`` maps a worker to the time it said
-    goodbye, ``synchronous`` says whether the run met in rounds (None: unknown), and
-    ``history`` holds per-epoch values as Keras' ``History.history`` does (``loss``, and
-    ``val_loss``/``val_<metric>`` of the centre variable when ``train`` got validation
-    data). The parameter server's threads append; readers work on a snapshot, so a history
-    can be summarised or plotted while training is still running.
+    A trainer's `history` after (or during) `train()`. The parameter server's threads
+    append; readers work on a snapshot, so a history can be summarised or plotted while
+    training is still running.
+
+    Attributes:
+        records: Every `Commit`, in arrival order.
+        finished: Worker -> the time it said goodbye (it had no more data).
+        synchronous: Whether the run met in rounds at the server; `None`: unknown.
+        history: Per-epoch values as Keras' `History.history` holds them: `loss`,
+            `staleness`, `commits_per_s`, and `val_loss`/`val_<metric>` of the centre
+            variable when `train` got `validation_data`.
+        connections: Every worker connection the server accepted, in order, as dicts
+            with `worker`, `attempt`, `host`, `transport` (`"shm"` or `"tcp"`) and
+            `time`.
+
+    Example:
+
+    ```python
+    trainer.train(df)
+    history = trainer.history
+    history.history["loss"]          # one value per epoch
+    history.summary_frame()          # per worker: samples, commits, staleness, speed
+    history.plot().savefig("history.png")
+    ```
     """
 
     def __init__(self) -> None:
@@ -81,24 +109,54 @@ class History:
 
     def add_commit(self, worker: int, clock: int, staleness: int, loss: float,
                    samples: int, *, at: float | None = None) -> None:
-        """An update was applied; ``at`` overrides the time (for tests and replays)."""
+        """Record an update the server applied (called by the parameter server).
+
+        Args:
+            worker: The worker's partition index.
+            clock: The server clock after the update.
+            staleness: Commits of other workers since this worker's last pull.
+            loss: Mean training loss of the window.
+            samples: Samples the window trained on.
+            at: The time to record instead of now (for tests and replays).
+        """
         when = self.elapsed() if at is None else float(at)
         self.records.append(Commit(when, worker, clock, staleness, loss, samples))
 
     def add_metrics(self, worker: int, loss: float, samples: int, *,
                     at: float | None = None) -> None:
-        """Loss of samples trained but not committed (header-only message)."""
+        """Record the loss of samples trained but not committed (a header-only message,
+        e.g. an ensemble member's); its record has `clock == -1`.
+
+        Args:
+            worker: The worker's partition index.
+            loss: Mean training loss of the samples.
+            samples: Samples trained.
+            at: The time to record instead of now (for tests and replays).
+        """
         when = self.elapsed() if at is None else float(at)
         self.records.append(Commit(when, worker, -1, 0, loss, samples))
 
     def add_connection(self, worker: int, attempt: int, host: str, transport: str) -> None:
-        """The server accepted a worker's handshake."""
+        """Record that the server accepted a worker's handshake (see `connections`).
+
+        Args:
+            worker: The worker's partition index.
+            attempt: Spark's task attempt number.
+            host: The peer address the server saw.
+            transport: `"shm"` (payloads through shared memory) or `"tcp"`.
+        """
         self.connections.append({"time": self.elapsed(), "worker": int(worker),
                                  "attempt": int(attempt), "host": host,
                                  "transport": transport})
 
     def add_finished(self, worker: int, *, at: float | None = None) -> None:
-        """The worker said goodbye: it has no more data (it leaves synchronous rounds)."""
+        """Record that a worker said goodbye: it has no more data (it leaves synchronous
+        rounds).
+
+        Args:
+            worker: The worker's partition index.
+            at: The time to record instead of now (for tests and replays).
+        """
         self.finished[worker] = self.elapsed() if at is None else float(at)
 
     # ---- views -------------------------------------------------------------------------
@@ -118,7 +176,7 @@ class History:
         return sorted({r.worker for r in list(self.records)} | set(self.finished))
 
     def summary(self) -> dict[int, dict[str, Any]]:
-        """Per worker, from the server's point of view.
+        """Per-worker figures, from the server's point of view.
 
         Keys: ``samples``, ``commits``, ``mean_staleness``, ``max_staleness``, ``mean_loss``
         (mean of the window losses), ``last_loss``, ``first_commit_at``, ``last_commit_at``,
@@ -136,6 +194,9 @@ class History:
 
         A worker that only reported losses (an ensemble member) has 0 commits and its loss
         figures from those reports.
+
+        Returns:
+            A dict from worker (partition index) to a dict with the keys above.
         """
         records = list(self.records)
         waits = self._round_waits(records) if self.synchronous else [None] * len(records)
@@ -176,7 +237,12 @@ class History:
         return out
 
     def summary_frame(self) -> pandas.DataFrame:
-        """:meth:`summary` as a DataFrame, one row per worker (index ``worker``)."""
+        """:meth:`summary` as a pandas DataFrame.
+
+        Returns:
+            A `pandas.DataFrame` with one row per worker (index `worker`) and one column
+            per key of `summary()`.
+        """
         import pandas as pd
 
         frame = pd.DataFrame.from_dict(self.summary(), orient="index")
@@ -203,12 +269,21 @@ class History:
         return waits
 
     def running_loss(self, window: int | None = None) -> tuple[list[float], list[float]]:
-        """``(times, losses)``: at every record, the sample-weighted mean loss of the last
-        ``window`` records of all workers (default: two per worker).
+        """The workers' training loss over time, smoothed across workers.
 
-        This is the training loss the workers reported for their own windows, smoothed across
-        workers; it stands in for the centre variable's loss, which is not evaluated during
-        training. For elastic-averaging trainers it is the replicas' loss, not the centre's.
+        At every record (with samples and a finite loss), the sample-weighted mean loss of
+        the last `window` such records of all workers. This is the loss the workers
+        reported for their own windows; it stands in for the centre variable's loss, which
+        is not evaluated during training. For elastic-averaging trainers it is the
+        replicas' loss, not the centre's.
+
+        Args:
+            window: How many of the latest records to average. Defaults to `None`: two
+                per worker.
+
+        Returns:
+            `(times, losses)`: two lists of floats of equal length, times in seconds
+            since the parameter server started.
         """
         records = sorted((r for r in list(self.records)
                           if r.samples > 0 and math.isfinite(r.loss)), key=lambda r: r.time)
@@ -230,7 +305,12 @@ class History:
         return times, losses
 
     def to_pandas(self) -> pandas.DataFrame:
-        """One row per record: ``time, worker, clock, staleness, loss, samples, committed``."""
+        """Every record as a pandas DataFrame.
+
+        Returns:
+            A `pandas.DataFrame` with one row per record and the columns `time`,
+            `worker`, `clock`, `staleness`, `loss`, `samples`, `committed`.
+        """
         import pandas as pd
 
         rows = [(r.time, r.worker, r.clock, r.staleness, r.loss, r.samples, r.committed)
@@ -239,9 +319,23 @@ class History:
 
     # ---- plots -------------------------------------------------------------------------
     def plot(self, title: str | None = None, window: int | None = None) -> Figure:
-        """A Figure with three panels: loss over time (one line per worker plus the running
-        mean of all workers), samples applied to the centre over time, and the staleness
-        histogram. Save it with ``fig.savefig("history.png")``; in Jupyter it displays itself.
+        """Plot the run: loss over time, samples applied, staleness.
+
+        Three panels: the training loss reported with each commit over time (one line per
+        worker plus the running mean of all workers, see `running_loss`), the samples
+        applied to the centre variable over time, and the histogram of the commits'
+        staleness. Drawn on matplotlib's Agg canvas: no display needed.
+
+        Args:
+            title: A title above the panels. Defaults to `None` (none).
+            window: The running mean's window, as in `running_loss`. Defaults to `None`.
+
+        Returns:
+            A matplotlib `Figure`. Save it with `fig.savefig("history.png")`; in Jupyter
+            it displays itself.
+
+        Raises:
+            ImportError: matplotlib is not installed (`pip install distkeras[plots]`).
         """
         fig = _figure(figsize=(15, 4.2))
         loss_ax, samples_ax, stale_ax = fig.subplots(1, 3, width_ratios=[1.5, 1, 1])
@@ -313,13 +407,34 @@ def _history_of(item: Any) -> History:
 
 def compare(histories: Mapping[str, Any], title: str | None = "training loss vs wall time",
             window: int | None = None, ax: Axes | None = None) -> Figure:
-    """Loss against wall time of several runs on one axes, one line per run.
+    """Plot the loss against wall time of several runs on one axes, one line per run.
 
-    ``histories`` maps a label (e.g. the trainer's name) to a :class:`History` or to a
-    trainer. Each line is :meth:`History.running_loss` (the workers' reported training loss,
+    Each line is :meth:`History.running_loss` (the workers' reported training loss,
     smoothed; the centre variable is not evaluated). Time starts when each run's parameter
     server started, so start-up costs are in the picture but Spark job scheduling before the
-    server is not. Pass ``ax`` to draw into an existing axes; its Figure is returned.
+    server is not.
+
+    Args:
+        histories: A mapping from a label (e.g. the trainer's name) to a `History` or to
+            a trainer (its `history` is used).
+        title: The axes' title; `None` for none. Defaults to
+            `"training loss vs wall time"`.
+        window: The running mean's window, as in `History.running_loss`. Defaults to
+            `None`.
+        ax: A matplotlib `Axes` to draw into. Defaults to `None`: a new Figure.
+
+    Returns:
+        The matplotlib `Figure` drawn on (that of `ax` when given).
+
+    Raises:
+        TypeError: A value of `histories` is neither a `History` nor has one.
+        ImportError: matplotlib is not installed (`pip install distkeras[plots]`).
+
+    Example:
+
+    ```python
+    compare({"ADAG": adag, "DOWNPOUR": downpour.history}).savefig("compare.png")
+    ```
     """
     if ax is None:
         fig = _figure(figsize=(8, 4.8))

@@ -68,27 +68,35 @@ class _KerasParams(Params):
                          batchSize=256)
 
     def getFeaturesCol(self) -> str | list[str]:
+        """The features column, or the list of them."""
         return self.getOrDefault(self.featuresCol)
 
     def getLabelCol(self) -> str | list[str]:
+        """The label column, or the list of them."""
         return self.getOrDefault(self.labelCol)
 
     def getPredictionCol(self) -> str:
+        """The prediction column."""
         return self.getOrDefault(self.predictionCol)
 
     def getBatchSize(self) -> int:
+        """Rows per model call when predicting."""
         return self.getOrDefault(self.batchSize)
 
     def setFeaturesCol(self, value: str | Sequence[str]):
+        """Set the features column (a list for a multi-input model); returns self."""
         return self._set(featuresCol=value)
 
     def setLabelCol(self, value: str | Sequence[str]):
+        """Set the label column (a list for a multi-output model); returns self."""
         return self._set(labelCol=value)
 
     def setPredictionCol(self, value: str):
+        """Set the prediction column; returns self."""
         return self._set(predictionCol=value)
 
     def setBatchSize(self, value: int):
+        """Set the rows per model call when predicting; returns self."""
         return self._set(batchSize=value)
 
     def _set_given(self, **kwargs: Any) -> None:
@@ -116,11 +124,38 @@ def _make_trainer(trainer: Any, kwargs: dict):
 class KerasEstimator(Estimator, _KerasParams, DefaultParamsReadable, DefaultParamsWritable):
     """A distkeras trainer as a Spark ML Estimator: ``fit(df)`` trains, returns a KerasModel.
 
-    ``trainer``: a trainer instance (``ADAG(model, ...)``), or a trainer class or its name
-    (``"ADAG"``) with the trainer's keyword arguments (``keras_model=...`` included).
-    ``featuresCol``/``labelCol`` default to the trainer's ``features_col``/``label_col``; set
-    here they override them (``fit`` writes them into the trainer). After ``fit`` the trainer
-    (``getTrainer()``) holds the run's ``history`` and training time.
+    ``fit`` runs ``trainer.train(df)`` (an `EnsembleTrainer`'s members are averaged into one
+    model) and returns a :class:`KerasModel` with this estimator's params. After ``fit`` the
+    trainer (``getTrainer()``) holds the run's ``history`` and training time. A saved and
+    loaded estimator keeps its params only and needs ``setTrainer(...)`` before ``fit``.
+
+    Args:
+        trainer: A trainer instance (`ADAG(model, ...)`), or a trainer class or its name
+            (`"ADAG"`) with the trainer's keyword arguments (`keras_model=...` included).
+            Defaults to `None` (set one with `setTrainer` before `fit`).
+        featuresCol: The features column(s). Defaults to the trainer's `features_col`;
+            set here it overrides it (`fit` writes it into the trainer).
+        labelCol: The label column(s). Defaults to the trainer's `label_col`; set here it
+            overrides it.
+        predictionCol: The column the fitted model adds. Defaults to `"prediction"`.
+        batchSize: Rows per model call when the fitted model predicts. Defaults to `256`.
+        **trainer_kwargs: The trainer's arguments, with a trainer class or name.
+
+    Raises:
+        ValueError: `trainer` is not a distkeras trainer instance, class or class name;
+            at `fit()`: there is no trainer.
+        TypeError: `trainer_kwargs` come with a trainer instance, or a trainer class
+            without `keras_model`.
+
+    Example:
+
+    ```python
+    estimator = KerasEstimator(trainer="ADAG", keras_model=model,
+                               loss="categorical_crossentropy", num_workers=2,
+                               featuresCol="features", labelCol="label")
+    fitted = estimator.fit(train_df)  # a KerasModel; estimator.getTrainer().history
+    scored = fitted.transform(test_df)  # adds "prediction"
+    ```
     """
 
     def __init__(self, trainer: Any = None, *, featuresCol: str | Sequence[str] | None = None,
@@ -133,7 +168,19 @@ class KerasEstimator(Estimator, _KerasParams, DefaultParamsReadable, DefaultPara
                         predictionCol=predictionCol, batchSize=batchSize)
 
     def setTrainer(self, trainer: Any) -> KerasEstimator:
-        """Use ``trainer`` for the next ``fit``; its columns become the column defaults."""
+        """Use ``trainer`` for the next ``fit``; its columns become the column defaults.
+
+        Args:
+            trainer: A trainer instance, or `None`.
+
+        Returns:
+            This estimator.
+
+        Raises:
+            ValueError: `trainer` is not a distkeras trainer instance, class or name.
+            TypeError: `trainer` is a class or name: it needs its arguments, so pass an
+                instance (or the class with its arguments to the constructor).
+        """
         self.trainer = _make_trainer(trainer, {})
         if self.trainer is not None:
             self._setDefault(featuresCol=_column_or_columns(self.trainer.features_col),
@@ -141,6 +188,7 @@ class KerasEstimator(Estimator, _KerasParams, DefaultParamsReadable, DefaultPara
         return self
 
     def getTrainer(self):
+        """The trainer `fit` uses (after `fit`: with the run's `history`), or `None`."""
         return self.trainer
 
     def _fit(self, dataset) -> KerasModel:
@@ -161,7 +209,28 @@ class KerasEstimator(Estimator, _KerasParams, DefaultParamsReadable, DefaultPara
 class KerasModel(Model, _KerasParams, MLReadable, MLWritable):
     """A trained Keras model as a Spark ML Model: ``transform`` adds ``predictionCol``.
 
-    ``keras_model`` is the plain ``keras.Model`` (use it directly on numpy too).
+    ``transform`` runs a :class:`~distkeras.predictors.ModelPredictor` (see there for what
+    it checks and raises). ``save(path)`` writes Spark ML's metadata and the model in
+    Keras' ``.keras`` format (no pickle); ``KerasModel.load(path)`` reads them back and
+    checks the model file against the SHA-256 digest in the metadata.
+
+    Args:
+        keras_model: The trained `keras.Model` (also usable directly, on numpy).
+            Defaults to `None` (then `transform` and `save` raise `ValueError`).
+        featuresCol: The features column(s). Defaults to `"features"`.
+        labelCol: The label column(s), kept as a param. Defaults to `"label"`.
+        predictionCol: The column `transform` adds (a multi-output model: one per output,
+            `predictionCol_0`, ...). Defaults to `"prediction"`.
+        batchSize: Rows per model call. Defaults to `256`.
+
+    Example:
+
+    ```python
+    model = KerasModel(trained, featuresCol="features")
+    model.transform(df).select("prediction").show()
+    model.save("/tmp/model")
+    same = KerasModel.load("/tmp/model")
+    ```
     """
 
     def __init__(self, keras_model: keras.Model | None = None, *,
@@ -175,7 +244,14 @@ class KerasModel(Model, _KerasParams, MLReadable, MLWritable):
                         predictionCol=predictionCol, batchSize=batchSize)
 
     def predictor(self) -> ModelPredictor:
-        """The ModelPredictor for the current params (kept, so the model ships once)."""
+        """The ModelPredictor for the current params (kept, so the model ships once).
+
+        Returns:
+            A `ModelPredictor`, the same one as long as the model and params are unchanged.
+
+        Raises:
+            ValueError: There is no `keras_model`.
+        """
         if self.keras_model is None:
             raise ValueError("KerasModel has no keras_model")
         key = (self.keras_model, str(self.getFeaturesCol()), self.getPredictionCol(),
@@ -191,10 +267,12 @@ class KerasModel(Model, _KerasParams, MLReadable, MLWritable):
         return self.predictor().predict(dataset)
 
     def write(self) -> MLWriter:
+        """The writer behind `save`: `path/metadata` and `path/model.keras`."""
         return _KerasModelWriter(self)
 
     @classmethod
     def read(cls) -> MLReader:
+        """The reader behind `load`; it checks the model file's SHA-256 digest."""
         return _KerasModelReader(cls)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from . import checkpoint
 from . import protocol as wire
 from .algorithms import Algorithm, Session
+from .errors import CheckpointError, TrainingAborted  # noqa: F401 - also importable from here
 from .history import History
 from .rendezvous import Rendezvous
 from .shared_memory import Segment
@@ -27,12 +28,42 @@ from .shared_memory import Segment
 log = logging.getLogger(__name__)
 
 
-class TrainingAborted(RuntimeError):
-    """The run was stopped: a worker died mid-round, a round timed out, or the driver aborted."""
-
-
 @dataclass
 class ServerConfig:
+    """Settings of the parameter server: timeouts, connection limits, checkpoints.
+
+    Pass one to a trainer as `server_config=ServerConfig(...)`; the defaults suit most
+    runs. Times are in seconds.
+
+    Attributes:
+        handshake_timeout: A new connection must complete its handshake within this.
+            Defaults to `10.0`.
+        frame_timeout: A frame, once started, must be complete within this. Defaults to
+            `120.0`.
+        idle_timeout: The longest silence between two frames of a worker; a longer one
+            ends that connection. Defaults to `3600.0`.
+        round_timeout: How long the workers that arrived at a synchronous round wait
+            without a sign of life (a frame or a heartbeat) from the missing ones before
+            the run is aborted. Defaults to `600.0`.
+        max_connections: The most connections at once; more are refused. Defaults to
+            `None`: 4 per worker + 8.
+        shared_memory: Whether workers on the driver's host may pass weights through
+            shared memory instead of the socket. Defaults to `True`.
+        checkpoint_path: A file to checkpoint the centre variable, clock, cursors and
+            seed to (after every epoch and when the server stops). Defaults to `None`
+            (no checkpoints).
+        checkpoint_every: With `checkpoint_path`, also checkpoint every this many
+            commits (`0`: off). Defaults to `0`.
+        checkpoint_seconds: With `checkpoint_path`, also checkpoint every this many
+            seconds (`0`: off). Defaults to `0.0`.
+        stall_timeout: A connected worker that sends nothing (heartbeats included) for
+            this long while the server is not working on its request stops the run with
+            `TrainingAborted`; `0` disables it. Defaults to `1800.0`.
+        heartbeat_interval: A training worker sends a heartbeat after this long without
+            sending anything. Defaults to `None`: a fifth of the shortest of
+            `stall_timeout`, `idle_timeout` and `round_timeout` (those set).
+    """
+
     handshake_timeout: float = 10.0  # a new connection must complete its handshake by then
     frame_timeout: float = 120.0  # a started frame must be complete by then
     idle_timeout: float = 3600.0  # longest silence between two frames of a worker
@@ -67,10 +98,6 @@ class EpochMark:
     samples: int  # samples trained when the mark was taken
     time: float  # seconds since the server started (the history's clock)
     records: int  # history records up to and including the commit that ended the epoch
-
-
-class CheckpointError(OSError):
-    """The centre variable could not be written to the checkpoint path."""
 
 
 class ParameterServer:

@@ -112,13 +112,40 @@ def _fixed_shapes(tensors, what: str) -> list[tuple[int, ...]]:
 class ModelPredictor:
     """Adds the predictions of ``keras_model`` to a DataFrame, computed on the executors.
 
-    ``features_col``: a Spark ML Vector column, an array column or a numeric column; a list of
-    columns for a multi-input model (one per ``model.inputs``, in order). Each row holds the
-    flattened input; it is reshaped to the input's shape (e.g. 784 values -> (28, 28, 1)).
+    The model is shipped once per predictor (a broadcast of its ``.keras`` bytes) and loaded
+    once per Python worker process; rows reach it as numpy batches of ``batch_size`` rows.
+    Each row holds the flattened input; it is reshaped to the input's shape (e.g. 784
+    values -> (28, 28, 1)).
 
     Output: one Spark ML Vector column ``output_col`` holding the model's (flattened) output;
     a multi-output model gets one Vector column per output, ``f"{output_col}_{i}"`` for output
     ``i`` in ``model.outputs`` order (see :attr:`output_cols`).
+
+    Args:
+        keras_model: A built `keras.Model` with fixed per-sample input and output shapes
+            (a Sequential or functional model with a `keras.Input`).
+        features_col: A Spark ML Vector, array or numeric column; a list of columns for a
+            multi-input model (one per `model.inputs`, in order). Defaults to
+            `"features"`.
+        output_col: The name of the prediction column (the prefix of the columns of a
+            multi-output model). Defaults to `"prediction"`.
+        batch_size: Rows per model call, a positive integer. Defaults to `256`.
+
+    Raises:
+        TypeError: `keras_model` is not a `keras.Model`.
+        ValueError: `keras_model` has no known inputs, `batch_size` is not a positive
+            integer, or `output_col` is not a non-empty string.
+        DataError: A model input or output has an unknown dimension, or `features_col`
+            names another number of columns than the model has inputs.
+
+    Example:
+
+    ```python
+    predictor = ModelPredictor(trained, features_col="features", output_col="prediction")
+    scored = predictor.predict(test_df)
+    accuracy = AccuracyEvaluator(prediction_col="prediction", label_col="label")
+    print(accuracy.evaluate(scored))
+    ```
     """
 
     def __init__(self, keras_model: keras.Model, features_col: str | Sequence[str] = "features",
@@ -159,10 +186,20 @@ class ModelPredictor:
         return [f"{self.output_col}_{i}" for i in range(len(self.output_shapes))]
 
     def predict(self, dataframe):
-        """``dataframe`` plus the prediction column(s); lazy, like any Spark transformation.
+        """Add the prediction column(s) to `dataframe`; lazy, like any Spark transformation.
 
         The columns and the first row's widths are checked here (one small Spark job); every
         other row is checked as it is read, failing the job with the same kind of message.
+
+        Args:
+            dataframe: A DataFrame with the `features_col` column(s).
+
+        Returns:
+            `dataframe` plus the columns of `output_cols` (Spark ML Vectors).
+
+        Raises:
+            DataError: A feature column is missing or not numeric, its first row is null
+                or of the wrong width, or an output column already exists.
         """
         from pyspark.ml.functions import array_to_vector, predict_batch_udf
         from pyspark.sql import functions as F

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ProtocolError  # noqa: F401 - also importable from here
+
 MAGIC = b"DKPS"
 VERSION = 2  # 2: 64-bit sample counts, epoch in requests, heartbeat, fencing, FAIL
 TOKEN_BYTES = 32
@@ -87,10 +89,6 @@ class Status:
                 "retry beside a still-running attempt); this attempt stops without applying "
                 "anything more",
     }
-
-
-class ProtocolError(ConnectionError):
-    """A peer sent something that is not a valid frame; the connection must be closed."""
 
 
 @dataclass(frozen=True)

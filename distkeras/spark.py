@@ -7,9 +7,7 @@ import shutil
 import subprocess
 import sys
 
-
-class JavaMissingError(RuntimeError):
-    pass
+from .errors import JavaMissingError  # noqa: F401 - also importable from here
 
 
 def check_java() -> str:
@@ -40,9 +38,31 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
 
     Workers run the interpreter that runs this function (``PYSPARK_PYTHON``), the web UI is
     off, logs are quiet and the driver listens on loopback so nothing needs a resolvable
-    hostname. ``task_retries`` lets Spark retry a failed task that many times (local mode
-    does not retry by default). Extra Spark settings can be passed as keyword arguments (dots
-    as ``_``).
+    hostname. Spark's ``getOrCreate`` returns a session that is already running as it is
+    (its master does not change).
+
+    Args:
+        num_workers: Task slots (``local[num_workers]``): the most workers a synchronous
+            trainer can use. Defaults to `2`.
+        app_name: The Spark application name. Defaults to `"distkeras"`.
+        task_retries: How many times Spark retries a failed task (local mode does not
+            retry by default). Defaults to `0`.
+        **conf: Extra Spark settings, dots written as ``_``
+            (``spark_executor_memory="2g"`` sets ``spark.executor.memory``).
+
+    Returns:
+        The `pyspark.sql.SparkSession`, its log level set to ERROR.
+
+    Raises:
+        JavaMissingError: There is no Java for Spark (none on the path or in
+            ``JAVA_HOME``, or ``java -version`` fails).
+
+    Example:
+
+    ```python
+    from distkeras import local_session
+    spark = local_session(num_workers=4, task_retries=1)
+    ```
     """
     check_java()
     worker_environment()
@@ -66,7 +86,22 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
 
 
 def get_session(num_workers: int = 2, app_name: str = "distkeras"):
-    """The session ``spark-submit`` made for this script, else a :func:`local_session`."""
+    """The session ``spark-submit`` made for this script, else a :func:`local_session`.
+
+    Under ``spark-submit`` or the pyspark shell (``PYSPARK_GATEWAY_PORT`` is set) the
+    session comes from Spark's own settings and ``num_workers`` is ignored; otherwise a
+    local session is started, so the same script runs on a cluster and on a laptop.
+
+    Args:
+        num_workers: Task slots of a local session. Defaults to `2`.
+        app_name: The Spark application name. Defaults to `"distkeras"`.
+
+    Returns:
+        The `pyspark.sql.SparkSession`.
+
+    Raises:
+        JavaMissingError: A local session is needed and there is no Java for Spark.
+    """
     if os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit / pyspark shell
         worker_environment()
         from pyspark.sql import SparkSession

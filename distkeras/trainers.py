@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import textwrap
 import time
 import warnings
 from collections.abc import Sequence
@@ -38,8 +39,83 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+#: the ``Args:`` entries every trainer takes, written once: :class:`Trainer`'s docstring
+#: includes them, each trainer's own docstring refers to it (as Keras' optimizers do)
+_SHARED_ARGS = """\
+keras_model: The `keras.Model` to train. It must be built (its input shapes known):
+    its weights are the starting centre variable, and it is shipped to the workers in
+    Keras' `.keras` format.
+worker_optimizer: The optimizer each worker trains its replica with: a Keras optimizer
+    name, config dict or instance. Defaults to the model's compiled optimizer, else
+    `"adam"`.
+loss: A Keras loss (name, function or instance; a list or dict for a multi-output
+    model). Defaults to the model's compiled loss; one of the two must be given.
+metrics: Keras metrics the replicas are compiled with and `validation_data` is
+    evaluated with. Defaults to the model's compiled metrics, else none.
+num_workers: Spark tasks, each training a replica on one partition of the data.
+    Synchronous trainers (`AveragingTrainer`, `EASGD`) need that many task slots at
+    once. Defaults to `2`.
+batch_size: Rows per local training step. Defaults to `32`.
+num_epoch: Passes over the data. Defaults to `1`.
+features_col: The features: a Spark ML Vector, array or numeric column, or a list of
+    columns, one per model input. Each row holds the flattened input; it is reshaped to
+    the input's shape. Defaults to `"features"`.
+label_col: The label: a vector or array column of the output's width, or a class index
+    (one-hot encoded on the workers unless the loss is a sparse one); a list of columns
+    for a multi-output model. Defaults to `"label"`.
+communication_window: Local steps between two exchanges with the parameter server: a
+    positive integer, or `math.inf` to exchange only when a worker's data are done (and,
+    for `AveragingTrainer`, at the end of every epoch). A worker's last partial window
+    is committed too. `None` (default) takes the trainer's own default.
+verbose: `0` prints nothing; otherwise a progress bar (in a terminal or notebook, else
+    a log line every 10 seconds), one line per epoch and a summary. Defaults to `1`.
+seed: Seed of the batch order: each epoch's row order is a function of seed, partition
+    and epoch, so a retried task trains the same batches. Defaults to a random seed.
+shuffle: Whether each worker reshuffles its partition's rows every epoch. Defaults to
+    `True`.
+server_config: The parameter server's timeouts, limits and checkpoint settings, a
+    `ServerConfig`. Defaults to `ServerConfig()`.
+server_host: The address the executors connect to, and the parameter server binds.
+    Defaults to Spark's own `spark.driver.host` (bound on `spark.driver.bindAddress`).
+checkpoint_path: A file to save the centre variable, the server clock, every
+    partition's cursor and the seed to (atomically, in `.npz` format): after every
+    epoch, when the run ends (also when it fails) and as `checkpoint_every` and
+    `checkpoint_seconds` say. `train(resume_from=checkpoint_path)` continues from it.
+    When given, it and the two below replace `server_config`'s checkpoint fields.
+    Defaults to `None` (`server_config`'s, by default none).
+checkpoint_every: With `checkpoint_path`, also save every this many commits (`0`:
+    off). Defaults to `0`.
+checkpoint_seconds: With `checkpoint_path`, also save every this many seconds (`0`:
+    off). Defaults to `0.0`.
+"""
+
+
 class Trainer:
-    """Shared driver logic: the subclasses only choose the algorithm and its defaults."""
+    """Base class of the trainers: data-parallel training of a Keras model on Spark.
+
+    A trainer starts a parameter server on the driver that holds the centre variable (the
+    model's weights), runs one Spark task per worker that trains a replica on its partition
+    and exchanges weights with the server every `communication_window` local steps, and
+    returns a model holding the final centre variable. The subclasses only choose the
+    algorithm (the exchange rule, see `distkeras.algorithms`) and its defaults; use one of
+    them, not `Trainer` itself. Numbers and the algorithm's arguments are checked when
+    the trainer is created; the model, the loss and the data when `train()` runs.
+
+    Args:
+        {{shared_args}}
+
+    Attributes:
+        history: The `History` of the last `train()` (records of every commit, per-epoch
+            values in `history.history`); while training, the live one.
+        worker_reports: One dict per worker of the last `train()`: rows, commits,
+            samples, host, pid, transport, start and end times.
+        parameter_server: The running `ParameterServer` during `train()`, else `None`.
+
+    Raises:
+        ValueError: `num_workers`, `batch_size`, `num_epoch` or `communication_window`
+            is not a positive integer (the window may also be `math.inf`), or an
+            algorithm argument is out of range (see each trainer).
+    """
 
     #: local steps between exchanges when ``communication_window`` is not given
     default_window: float = 5
@@ -91,7 +167,11 @@ class Trainer:
         raise NotImplementedError
 
     def get_training_time(self) -> float:
-        """Seconds the last ``train()`` spent from start to the returned model."""
+        """Seconds the last successful `train()` took, from its start to the returned model.
+
+        Returns:
+            The wall-clock seconds as a float; `0.0` before the first `train()` completes.
+        """
         return self._training_time
 
     # ---- the run ----------------------------------------------------------------------
@@ -103,28 +183,88 @@ class Trainer:
               validation_data=None, callbacks: Sequence | None = None,
               early_stopping_patience: int | None = None,
               early_stopping_min_delta: float = 0.0, restore_best_weights: bool = True):
-        """Train on ``data`` and return a keras.Model holding the final centre variable.
-
-        ``data`` is a DataFrame (classic or Spark Connect; workers read it as Arrow record
-        batches) or an RDD of ``(features, label)`` pairs. ``validate`` runs one Spark job
-        first that checks every row (widths, NaN/inf, class indices) so that bad data fail
-        before training. ``repartition=False`` keeps the data's own partitions (one worker
-        each; their number must equal ``num_workers``) instead of spreading rows evenly.
-        ``resume_from`` continues a run from its checkpoint (``checkpoint_path``): the centre
-        variable, the clock and every partition's cursor, so that no batch is trained twice
-        (give the same data, ``num_workers`` and batch size as the interrupted run).
+        """Train on `data` and return a model holding the final centre variable.
 
         Epochs are exact: epoch k ends at the commit (for synchronous trainers: the round)
         that brings the samples trained to k x rows, where the server copies the centre
-        variable. ``validation_data`` (a DataFrame with the same columns) is evaluated on that
-        copy, into ``history.history["val_loss"]`` and ``"val_<metric>"`` as Keras does.
-        ``callbacks`` are Keras callbacks run on the driver as ``model.fit`` runs them
-        (``on_train_begin/end``, ``on_epoch_begin/end`` with those logs; ``callback.model``
-        holds the epoch's centre variable; ``model.stop_training = True`` stops the workers
-        and the job completes). ``early_stopping_patience`` is a shorthand for
-        ``keras.callbacks.EarlyStopping(monitor="val_loss" (or "loss" without validation
-        data), patience, min_delta=early_stopping_min_delta, restore_best_weights)``. With
-        ``checkpoint_path`` the centre variable is also saved after every epoch.
+        variable. On that copy the driver evaluates `validation_data`, runs the callbacks
+        and, with `checkpoint_path`, saves a checkpoint. `history.history` gets each
+        epoch's `loss` (mean training loss of its windows), `staleness`, `commits_per_s`
+        and `val_loss`/`val_<metric>`, as Keras' `History.history` does. An interrupt
+        (KeyboardInterrupt) cancels the Spark job and stops the parameter server.
+
+        Args:
+            data: A DataFrame (classic or Spark Connect; the workers read it as Arrow
+                record batches) with the `features_col` and `label_col` columns, or an
+                RDD of `(features, label)` pairs.
+            shuffle: Overrides the trainer's `shuffle` for this run. Defaults to `None`
+                (the trainer's).
+            repartition: `True` spreads the rows evenly over `num_workers` partitions;
+                `False` keeps the data's own partitions, one worker each (their number
+                must equal `num_workers`). Defaults to `True`.
+            validate: Whether a first Spark job checks every row (widths, nulls,
+                NaN/inf, class indices) so that bad data fail before training; `False`
+                checks the columns and the first row only. Ignored for an RDD. Defaults
+                to `True`.
+            resume_from: A checkpoint written by a run with `checkpoint_path` to continue
+                from: the centre variable, the clock and every partition's cursor, so
+                that no batch is trained twice. Give the same data, `num_workers` and
+                `batch_size` as the interrupted run. Defaults to `None`.
+            validation_data: A DataFrame with the same columns, collected to the driver
+                (keep it small) and evaluated on the centre variable at every epoch's
+                end. Defaults to `None`.
+            callbacks: Keras callbacks, run on the driver as `model.fit` runs them
+                (`on_train_begin/end`, `on_epoch_begin/end` with the epoch's logs);
+                `callback.model` holds the epoch's centre variable. Setting
+                `model.stop_training = True` stops the workers and the job completes.
+                Defaults to `None`.
+            early_stopping_patience: A shorthand for adding
+                `keras.callbacks.EarlyStopping(monitor="val_loss", patience=...)`
+                (`monitor="loss"` without `validation_data`). Defaults to `None` (none).
+            early_stopping_min_delta: That EarlyStopping's `min_delta`. Defaults to
+                `0.0`.
+            restore_best_weights: That EarlyStopping's `restore_best_weights`. Defaults
+                to `True`.
+
+        Returns:
+            A new compiled `keras.Model` holding the final centre variable (when a
+            callback stopped the run: what the callbacks left, e.g. EarlyStopping's best
+            weights). `EnsembleTrainer` returns a list of models instead.
+
+        Raises:
+            DataError: The data do not fit the model (a missing column, a wrong width, a
+                null, NaN/inf, a class index out of range, no rows); raised before
+                training starts.
+            ValueError: There is no loss (none given, the model not compiled);
+                `repartition=False` and the number of partitions is not `num_workers`; a
+                synchronous trainer needs more task slots than Spark has; the checkpoint
+                `resume_from` was written for another model.
+            FileNotFoundError: There is no checkpoint at `resume_from`.
+            TypeError: `worker_optimizer` is not a Keras optimizer name, config or
+                instance, or a callback is not a `keras.callbacks.Callback`.
+            TrainingAborted: The parameter server stopped the run: a worker failed in a
+                way a retry would repeat (e.g. its loss became NaN/inf), a worker died
+                mid-round or hung past `stall_timeout`, a round timed out, or a
+                checkpoint could not be written.
+            Exception: A worker's own exception, rebuilt from the Spark error, with the
+                worker's traceback as a note.
+
+        Example:
+
+        ```python
+        import keras
+        from distkeras import ADAG, local_session
+
+        spark = local_session(num_workers=2)
+        train_df, test_df = ...  # "features": 784 values per row, "label": a class index
+        model = keras.Sequential([keras.Input((784,)),
+                                  keras.layers.Dense(10, activation="softmax")])
+        trainer = ADAG(model, worker_optimizer="adam", loss="categorical_crossentropy",
+                       metrics=["accuracy"], num_workers=2, num_epoch=5)
+        trained = trainer.train(train_df, validation_data=test_df,
+                                early_stopping_patience=2)
+        print(trainer.get_training_time(), trainer.history.history["val_accuracy"])
+        ```
         """
         started = time.time()
         shuffle = self.shuffle if shuffle is None else shuffle
@@ -250,8 +390,25 @@ class Trainer:
             print(message, flush=True)
 
 
+if Trainer.__doc__:  # None under python -OO
+    Trainer.__doc__ = Trainer.__doc__.replace(
+        "{{shared_args}}", textwrap.indent(_SHARED_ARGS, " " * 8).strip())
+
+
 class SingleTrainer(Trainer):
-    """One worker trains the model plainly on all the data: the baseline."""
+    """One worker trains the model plainly on all the data: the baseline.
+
+    The data go to one partition and one worker trains on it with `worker_optimizer`, as
+    `model.fit` would; its final weights become the centre variable. `num_workers` is
+    ignored (always 1). Default `communication_window`: `math.inf` (one exchange, at the
+    end).
+
+    ```python
+    C = W  # once the worker's data are done
+    ```
+
+    Takes only the arguments shared by every trainer (see `Trainer`).
+    """
 
     single_worker = True
     default_window = math.inf
@@ -261,7 +418,27 @@ class SingleTrainer(Trainer):
 
 
 class DOWNPOUR(Trainer):
-    """Asynchronous SGD with a parameter server (Dean et al. 2012); ``lock=False``: Hogwild."""
+    """Asynchronous SGD with a parameter server (Dean et al. 2012); `lock=False`: Hogwild.
+
+    Every worker sends the change of its replica since its last pull and continues from
+    the centre variable; the server adds each commit as it arrives. Default
+    `communication_window`: 5.
+
+    ```python
+    # worker, every communication_window steps (W0: the centre it last pulled)
+    delta = W - W0
+    W = W0 = commit_and_pull(delta)
+    # server, on each commit
+    C = C + delta
+    ```
+
+    Args:
+        lock: Whether the server applies commits under its lock. `False` is Hogwild
+            (Recht et al. 2011): commits are added concurrently, without the lock.
+            Defaults to `True`.
+
+    Plus the arguments shared by every trainer (see `Trainer`).
+    """
 
     default_window = 5
 
@@ -274,7 +451,22 @@ class DOWNPOUR(Trainer):
 
 
 class AGN(Trainer):
-    """Accumulated Gradient Normalization (Hermans 2017)."""
+    """Accumulated Gradient Normalization (Hermans 2017).
+
+    DOWNPOUR with the window's accumulated update divided by the number of local steps it
+    took, so that a long window does not make a large step at the server. Default
+    `communication_window`: 12.
+
+    ```python
+    # worker, every communication_window steps (W0: the centre it last pulled)
+    delta = (W - W0) / steps  # steps: local steps in the window
+    W = W0 = commit_and_pull(delta)
+    # server, on each commit
+    C = C + delta
+    ```
+
+    Takes only the arguments shared by every trainer (see `Trainer`).
+    """
 
     default_window = 12
 
@@ -283,8 +475,28 @@ class AGN(Trainer):
 
 
 class ADAG(Trainer):
-    """Asynchronous Distributed Adaptive Gradients (Hermans 2017): AGN with per-weight
-    staleness damping on the server (``gamma``)."""
+    """Asynchronous Distributed Adaptive Gradients (Hermans 2017).
+
+    AGN with per-weight staleness damping on the server: a weight that moved a lot since
+    the committing worker's pull (a stale update) is damped, the others pass through almost
+    unchanged. Default `communication_window`: 12.
+
+    ```python
+    # worker: as AGN
+    delta = (W - W0) / steps
+    # server, per weight (C0: the centre this worker last pulled)
+    C = C + delta / ((C - C0) ** 2 / gamma + 1)
+    ```
+
+    Args:
+        gamma: The damping scale, > 0: the smaller, the stronger stale weights are
+            damped. Defaults to `1e-4`.
+
+    Plus the arguments shared by every trainer (see `Trainer`).
+
+    Raises:
+        ValueError: `gamma` is not > 0.
+    """
 
     default_window = 12
 
@@ -297,7 +509,22 @@ class ADAG(Trainer):
 
 
 class DynSGD(Trainer):
-    """Staleness-aware asynchronous SGD (Jiang et al. 2017): updates divided by staleness+1."""
+    """Staleness-aware asynchronous SGD (Jiang et al. 2017): updates divided by staleness + 1.
+
+    DOWNPOUR whose server scales each commit by how many commits of other workers were
+    applied since the committing worker's pull. Default `communication_window`: 5.
+
+    ```python
+    # worker: as DOWNPOUR
+    delta = W - W0
+    # server, on each commit (clock0: the server clock at this worker's last pull)
+    tau = clock - clock0 + 1
+    C = C + delta / tau
+    clock = clock + 1
+    ```
+
+    Takes only the arguments shared by every trainer (see `Trainer`).
+    """
 
     default_window = 5
 
@@ -320,7 +547,33 @@ def _learning_rate(optimizer: Any) -> float | None:
 
 
 class AEASGD(Trainer):
-    """Asynchronous elastic averaging SGD (Zhang et al. 2015)."""
+    """Asynchronous elastic averaging SGD (Zhang et al. 2015).
+
+    Each worker is pulled towards the centre variable and the centre towards the worker by
+    the same elastic step, so replicas may explore away from the centre. Default
+    `communication_window`: 32.
+
+    ```python
+    # worker, every communication_window steps
+    C = pull()
+    E = alpha * (W - C)  # alpha = rho * learning_rate
+    W = W - E
+    commit(E)
+    # server, on each commit
+    C = C + E
+    ```
+
+    Args:
+        rho: The elastic force, > 0. Defaults to `5.0`.
+        learning_rate: The learning rate in `alpha = rho * learning_rate`, > 0. The
+            workers train with `worker_optimizer` and its own learning rate; a
+            `UserWarning` says so when the two differ. Defaults to `0.01`.
+
+    Plus the arguments shared by every trainer (see `Trainer`).
+
+    Raises:
+        ValueError: `rho` or `learning_rate` is not > 0, or `rho * learning_rate >= 1`.
+    """
 
     default_window = 32
 
@@ -346,7 +599,28 @@ class AEASGD(Trainer):
 
 
 class EAMSGD(AEASGD):
-    """Asynchronous elastic averaging with Nesterov momentum on the workers (Zhang 2015)."""
+    """Asynchronous elastic averaging with Nesterov momentum on the workers (Zhang 2015).
+
+    AEASGD whose workers train with `SGD(learning_rate, momentum, nesterov=True)`: a
+    `worker_optimizer` (or the model's compiled optimizer) is not used, and a
+    `UserWarning` says so. Default `communication_window`: 32.
+
+    ```python
+    # worker, every local step (g: the gradient)
+    v = momentum * v - learning_rate * g(W + momentum * v)
+    W = W + v
+    # exchange: as AEASGD
+    ```
+
+    Args:
+        momentum: The workers' Nesterov momentum, in `[0, 1)`. Defaults to `0.9`.
+
+    Plus `rho` and `learning_rate` (see `AEASGD`; here `learning_rate` is also the
+    workers' SGD learning rate) and the arguments shared by every trainer (see `Trainer`).
+
+    Raises:
+        ValueError: `momentum` is not in `[0, 1)`, or as `AEASGD`.
+    """
 
     def __init__(self, keras_model, *args, momentum: float = 0.9, **kwargs):
         self.momentum = momentum
@@ -368,11 +642,20 @@ class EAMSGD(AEASGD):
 
 class AveragingTrainer(Trainer):
     """Synchronous model averaging: every epoch each worker trains from the centre C over its
-    partition, then C <- the sample-weighted mean of the replicas.
+    partition, then C becomes the sample-weighted mean of the replicas.
 
     Every replica restarts each epoch from the same C; its optimizer state (e.g. Adam's
-    moments) is kept per worker from epoch to epoch, as ``model.fit`` would keep it. The
-    default window is one epoch; a ``communication_window`` averages more often.
+    moments) is kept per worker from epoch to epoch, as `model.fit` would keep it. The
+    default window is one epoch (`math.inf`); a `communication_window` averages more often.
+    All `num_workers` tasks run at once (a Spark barrier stage).
+
+    ```python
+    # once all n workers have committed (m_k: samples worker k trained on)
+    C = sum(m_k * W_k) / sum(m_k)
+    W_k = C
+    ```
+
+    Takes only the arguments shared by every trainer (see `Trainer`).
     """
 
     default_window = math.inf
@@ -383,8 +666,28 @@ class AveragingTrainer(Trainer):
 
 
 class EASGD(AEASGD):
-    """Synchronous elastic averaging SGD (Zhang et al. 2015): every ``communication_window``
-    steps all workers meet at the server."""
+    """Synchronous elastic averaging SGD (Zhang et al. 2015): every `communication_window`
+    steps all workers meet at the server.
+
+    All `num_workers` tasks run at once (a Spark barrier stage). Default
+    `communication_window`: 8.
+
+    ```python
+    # every communication_window steps, each worker k (C: the centre of the last round)
+    E_k = alpha * (W_k - C)  # alpha = rho * learning_rate
+    W_k = W_k - E_k
+    # server, once all n workers have committed
+    C = C + sum(E_k)
+    ```
+
+    Takes `rho` and `learning_rate` (see `AEASGD`) plus the arguments shared by every
+    trainer (see `Trainer`).
+
+    Raises:
+        ValueError: As `AEASGD`, or `(num_workers + 1) * alpha >= 2`: each round would
+            then widen the gap between the centre and the workers and training diverges
+            (the message suggests a `rho`).
+    """
 
     default_window = 8
 
@@ -406,10 +709,28 @@ class EASGD(AEASGD):
 
 
 class EnsembleTrainer(Trainer):
-    """``num_ensembles`` independent models, one per partition; ``train`` returns the list.
+    """`num_ensembles` independent models, one per partition; `train` returns the list.
 
-    :meth:`average` turns that list into one Keras model whose prediction is the mean of
-    the members' predictions.
+    Every worker trains its own replica from the same initial weights on its partition,
+    with no exchange; `train` returns one model per worker, in partition order. `average`
+    turns that list into one Keras model whose prediction is the mean of the members'.
+
+    Args:
+        num_ensembles: Number of models (and workers), a positive integer; it replaces
+            `num_workers`. Defaults to `2`.
+
+    Plus the arguments shared by every trainer (see `Trainer`).
+
+    Raises:
+        ValueError: `num_ensembles` is not a positive integer.
+
+    Example:
+
+    ```python
+    members = EnsembleTrainer(model, loss="categorical_crossentropy",
+                              num_ensembles=4).train(df)
+    ensemble = EnsembleTrainer.average(members)
+    ```
     """
 
     default_window = math.inf
@@ -434,7 +755,19 @@ class EnsembleTrainer(Trainer):
 
     @staticmethod
     def average(members: Sequence[keras.Model]) -> keras.Model:
-        """One model whose output is the mean of the members' outputs."""
+        """One model whose output is the mean of the members' outputs.
+
+        Args:
+            members: The models `train` returned (any Keras models with the same inputs
+                and output shape), at least one.
+
+        Returns:
+            A new functional `keras.Model` (not compiled) on the first member's inputs;
+            with a single member it only wraps that member.
+
+        Raises:
+            IndexError: `members` is empty.
+        """
         inputs = [keras.Input(tuple(t.shape[1:]), dtype=t.dtype) for t in members[0].inputs]
         feed = inputs[0] if len(inputs) == 1 else inputs
         outputs = [member(feed) for member in members]

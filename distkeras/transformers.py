@@ -172,9 +172,11 @@ class _ColumnTransformer(Transformer, HasInputCol, HasOutputCol,
         return self.getOrDefault(param) if self.isDefined(param) else None
 
     def setInputCol(self, value: str) -> _ColumnTransformer:
+        """Set `input_col`, the column read; returns this transformer."""
         return self._set(inputCol=value)
 
     def setOutputCol(self, value: str) -> _ColumnTransformer:
+        """Set `output_col`, the column written; returns this transformer."""
         return self._set(outputCol=value)
 
     def _expression(self, column: Column, kind: str, name: str) -> Column:
@@ -202,6 +204,26 @@ class OneHotTransformer(_ColumnTransformer):
     computed (not at ``transform()``), with a message naming the column, the range and the
     value found. (``pyspark.ml.feature.OneHotEncoder`` writes *sparse* vectors and drops the
     last category by default, which is why this exists.)
+
+    Args:
+        output_dim: The number of classes, >= 1: the width of the one-hot vector.
+            Required.
+        input_col: The column of class indices. Required.
+        output_col: The column written (a dense Vector). Defaults to `None`:
+            `<uid>__output`. `output_col=input_col` replaces the input column.
+
+    Raises:
+        ValueError: A required argument is missing or `output_dim` < 1.
+        TypeError: `output_dim` is not an integer.
+        DataError: At `transform()`: `input_col` is missing or does not hold one number
+            per row.
+
+    Example:
+
+    ```python
+    one_hot = OneHotTransformer(output_dim=10, input_col="label", output_col="label_1h")
+    df = one_hot.transform(df)
+    ```
     """
 
     outputDim = _param("outputDim", "number of classes: the width of the one-hot vector",
@@ -218,9 +240,19 @@ class OneHotTransformer(_ColumnTransformer):
     @keyword_only
     def setParams(self, *, output_dim: int | None = None, input_col: str | None = None,
                   output_col: str | None = None) -> OneHotTransformer:
+        """Set the given arguments (those of the constructor; `None` leaves one as it is).
+
+        Returns:
+            This transformer.
+
+        Raises:
+            ValueError: A value is out of range; nothing is changed.
+            TypeError: A value has the wrong type; nothing is changed.
+        """
         return self._apply(self._input_kwargs)
 
     def getOutputDim(self) -> int:
+        """The number of classes (`output_dim`)."""
         return self.getOrDefault(self.outputDim)
 
     def _check(self) -> None:
@@ -254,6 +286,31 @@ class LabelIndexTransformer(_ColumnTransformer):
     ``ModelPredictor`` writes) and ``prediction_index``. A row whose width is not
     ``output_dim``, a null row, or a NaN activation fails the Spark job when the rows are
     computed, naming the column.
+
+    ```python
+    index = argmax(row) if max(row) >= activation_threshold else default_index
+    ```
+
+    Args:
+        output_dim: The number of classes, >= 1: the width of every row. Required.
+        input_col: The column of prediction vectors or arrays. Defaults to
+            `"prediction"`.
+        output_col: The column written (a double). Defaults to `"prediction_index"`.
+        activation_threshold: Below this largest activation the row gets
+            `default_index`. Defaults to `0.0`.
+        default_index: The index of a row below the threshold. Defaults to `0`.
+
+    Raises:
+        ValueError: `output_dim` is missing or < 1, or `activation_threshold` is NaN.
+        TypeError: `output_dim` or `default_index` is not an integer, or
+            `activation_threshold` not a number.
+        DataError: At `transform()`: `input_col` is missing or holds one number per row.
+
+    Example:
+
+    ```python
+    df = LabelIndexTransformer(output_dim=10).transform(predicted)  # "prediction_index"
+    ```
     """
 
     outputDim = _param("outputDim", "number of classes: the width of the prediction vector",
@@ -279,15 +336,27 @@ class LabelIndexTransformer(_ColumnTransformer):
     def setParams(self, *, output_dim: int | None = None, input_col: str | None = None,
                   output_col: str | None = None, activation_threshold: float | None = None,
                   default_index: int | None = None) -> LabelIndexTransformer:
+        """Set the given arguments (those of the constructor; `None` leaves one as it is).
+
+        Returns:
+            This transformer.
+
+        Raises:
+            ValueError: A value is out of range; nothing is changed.
+            TypeError: A value has the wrong type; nothing is changed.
+        """
         return self._apply(self._input_kwargs)
 
     def getOutputDim(self) -> int:
+        """The number of classes (`output_dim`)."""
         return self.getOrDefault(self.outputDim)
 
     def getActivationThreshold(self) -> float:
+        """The `activation_threshold`."""
         return self.getOrDefault(self.activationThreshold)
 
     def getDefaultIndex(self) -> int:
+        """The `default_index`."""
         return self.getOrDefault(self.defaultIndex)
 
     def _check(self) -> None:
@@ -321,6 +390,32 @@ class MinMaxTransformer(_ColumnTransformer):
     and takes vectors only). Works on a vector (-> dense vector), an array (-> array<double>)
     or a number (-> double); values outside ``[n_min, n_max]`` map outside the output range
     (no clipping); nulls stay null.
+
+    ```python
+    y = (x - n_min) * (o_max - o_min) / (n_max - n_min) + o_min
+    ```
+
+    Args:
+        n_min: The lower end of the input range, finite. Required.
+        n_max: The upper end of the input range, finite, > `n_min`. Required.
+        o_min: The lower end of the output range. Defaults to `0.0`.
+        o_max: The upper end of the output range, > `o_min`. Defaults to `1.0`.
+        input_col: The column to rescale. Required.
+        output_col: The column written. Defaults to `None`: `<uid>__output`.
+            `output_col=input_col` replaces the input column.
+
+    Raises:
+        ValueError: A required argument is missing, a bound is not finite, or a range
+            is empty (`min >= max`).
+        TypeError: A bound is not a number.
+        DataError: At `transform()`: `input_col` is missing or not numeric.
+
+    Example:
+
+    ```python
+    pixels = MinMaxTransformer(n_min=0, n_max=255, input_col="pixels", output_col="features")
+    df = pixels.transform(df)
+    ```
     """
 
     nMin = _param("nMin", "lower end of the input range", _to_float)
@@ -344,18 +439,31 @@ class MinMaxTransformer(_ColumnTransformer):
                   o_min: float | None = None, o_max: float | None = None,
                   input_col: str | None = None,
                   output_col: str | None = None) -> MinMaxTransformer:
+        """Set the given arguments (those of the constructor; `None` leaves one as it is).
+
+        Returns:
+            This transformer.
+
+        Raises:
+            ValueError: A value is out of range; nothing is changed.
+            TypeError: A value has the wrong type; nothing is changed.
+        """
         return self._apply(self._input_kwargs)
 
     def getNMin(self) -> float:
+        """The lower end of the input range (`n_min`)."""
         return self.getOrDefault(self.nMin)
 
     def getNMax(self) -> float:
+        """The upper end of the input range (`n_max`)."""
         return self.getOrDefault(self.nMax)
 
     def getOMin(self) -> float:
+        """The lower end of the output range (`o_min`)."""
         return self.getOrDefault(self.oMin)
 
     def getOMax(self) -> float:
+        """The upper end of the output range (`o_max`)."""
         return self.getOrDefault(self.oMax)
 
     def _check(self) -> None:
@@ -384,6 +492,30 @@ class StandardTransformer(_ColumnTransformer):
     or computed once on the training set and reused for the test set); to *fit* them use
     ``pyspark.ml.feature.StandardScaler`` (which takes vectors only and defaults to
     ``withMean=False``). Vector -> dense vector, array -> array<double>, number -> double.
+
+    Args:
+        mean: The value(s) subtracted: one number, or a list with one per feature.
+            Required.
+        std: The value(s) divided by, finite and > 0: one number, or a list with one per
+            feature. Required.
+        input_col: The column to standardise. Required.
+        output_col: The column written. Defaults to `None`: `<uid>__output`.
+            `output_col=input_col` replaces the input column.
+
+    Raises:
+        ValueError: A required argument is missing, `std` is not finite and > 0, `mean`
+            is not finite, or `mean` and `std` have different lengths and neither is one
+            number.
+        TypeError: `mean` or `std` is not a number or a list of numbers.
+        DataError: At `transform()`: `input_col` is missing or not numeric, or holds one
+            number per row while `mean`/`std` are per-feature lists.
+
+    Example:
+
+    ```python
+    df = StandardTransformer(mean=0.1307, std=0.3081, input_col="features",
+                             output_col="features").transform(df)
+    ```
     """
 
     mean = _param("mean", "value(s) subtracted: one number or one per feature", _to_float_list)
@@ -403,12 +535,23 @@ class StandardTransformer(_ColumnTransformer):
     def setParams(self, *, mean: float | Sequence[float] | None = None,
                   std: float | Sequence[float] | None = None, input_col: str | None = None,
                   output_col: str | None = None) -> StandardTransformer:
+        """Set the given arguments (those of the constructor; `None` leaves one as it is).
+
+        Returns:
+            This transformer.
+
+        Raises:
+            ValueError: A value is out of range; nothing is changed.
+            TypeError: A value has the wrong type; nothing is changed.
+        """
         return self._apply(self._input_kwargs)
 
     def getMean(self) -> list[float]:
+        """The `mean`, as a list (one number becomes a list of one)."""
         return self.getOrDefault(self.mean)
 
     def getStd(self) -> list[float]:
+        """The `std`, as a list (one number becomes a list of one)."""
         return self.getOrDefault(self.std)
 
     def _check(self) -> None:
@@ -447,6 +590,16 @@ class DenseTransformer(_ColumnTransformer):
 
     Some consumers want every row dense (and ``toArray()`` on a sparse row per batch is slow
     in Python); this does the conversion in the JVM. Nulls stay null.
+
+    Args:
+        input_col: The vector or array column. Required.
+        output_col: The column written. Defaults to `None`: `<uid>__output`.
+            `output_col=input_col` replaces the input column.
+
+    Raises:
+        ValueError: `input_col` is missing.
+        DataError: At `transform()`: `input_col` is missing from the DataFrame or holds
+            one number per row.
     """
 
     @keyword_only
@@ -457,6 +610,15 @@ class DenseTransformer(_ColumnTransformer):
     @keyword_only
     def setParams(self, *, input_col: str | None = None,
                   output_col: str | None = None) -> DenseTransformer:
+        """Set the given arguments (those of the constructor; `None` leaves one as it is).
+
+        Returns:
+            This transformer.
+
+        Raises:
+            ValueError: A value is out of range; nothing is changed.
+            TypeError: A value has the wrong type; nothing is changed.
+        """
         return self._apply(self._input_kwargs)
 
     def _expression(self, column: Column, kind: str, name: str) -> Column:
@@ -475,6 +637,26 @@ class ReshapeTransformer(_ColumnTransformer):
     (Parquet, TFRecord, other libraries). distkeras' trainers do NOT need it: they reshape a
     flat column to the model's input shape themselves. A row whose width is not the product
     of ``shape`` fails the Spark job, naming the column, the expected and the actual width.
+
+    Args:
+        input_col: The flat vector or array column. Required.
+        output_col: The column written. Defaults to `None`: `<uid>__output`.
+            `output_col=input_col` replaces the input column.
+        shape: The per-row tensor shape, a non-empty sequence of positive integers.
+            Required.
+
+    Raises:
+        ValueError: A required argument is missing or `shape` is empty or holds a size
+            < 1.
+        TypeError: `shape` is not a sequence of integers.
+        DataError: At `transform()`: `input_col` is missing or holds one number per row.
+
+    Example:
+
+    ```python
+    df = ReshapeTransformer(input_col="features", output_col="image",
+                            shape=(28, 28, 1)).transform(df)
+    ```
     """
 
     shape = _param("shape", "the per-row tensor shape, e.g. [28, 28, 1]", _to_int_list)
@@ -490,9 +672,19 @@ class ReshapeTransformer(_ColumnTransformer):
     @keyword_only
     def setParams(self, *, input_col: str | None = None, output_col: str | None = None,
                   shape: Sequence[int] | None = None) -> ReshapeTransformer:
+        """Set the given arguments (those of the constructor; `None` leaves one as it is).
+
+        Returns:
+            This transformer.
+
+        Raises:
+            ValueError: A value is out of range; nothing is changed.
+            TypeError: A value has the wrong type; nothing is changed.
+        """
         return self._apply(self._input_kwargs)
 
     def getShape(self) -> tuple[int, ...]:
+        """The per-row tensor `shape`, as a tuple."""
         return tuple(self.getOrDefault(self.shape))
 
     def _check(self) -> None:

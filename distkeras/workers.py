@@ -19,19 +19,12 @@ import numpy as np
 from . import protocol as wire
 from .algorithms import Algorithm
 from .data import ColumnPlan
+from .errors import StopTraining, WorkerError  # noqa: F401 - also importable from here
 from .rendezvous import EXCHANGE, batch_schedule
 from .shared_memory import Segment
 
 if TYPE_CHECKING:  # the model code (Keras, TensorFlow) is imported only where it runs
     from .models import ModelBlueprint
-
-
-class WorkerError(RuntimeError):
-    """Training on a partition cannot go on (server refused, run aborted, loss diverged)."""
-
-
-class StopTraining(Exception):  # noqa: N818 - a signal, not an error
-    """The driver ended training early: the worker leaves cleanly."""
 
 
 class ServerLink:

@@ -15,6 +15,7 @@ import importlib
 import inspect
 import re
 import sys
+import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -30,10 +31,11 @@ MODULES = [
     ("distkeras.evaluators", "scoring predictions in Spark", None),
     ("distkeras.ml", "a trainer as a Spark ML Estimator", None),
     ("distkeras.spark", "Spark sessions and where the driver is reached", None),
-    ("distkeras.parameter_server", "the parameter server's settings and errors",
-     ["ServerConfig", "TrainingAborted", "ParameterServer"]),
+    ("distkeras.parameter_server", "the parameter server's settings",
+     ["ServerConfig", "ParameterServer"]),
     ("distkeras.checkpoint", "saving and resuming the centre variable", None),
-    ("distkeras.data", "the error bad data raise", ["DataError"]),
+    ("distkeras.errors", "the errors distkeras raises",
+     ["DataError", "TrainingAborted", "CheckpointError", "WorkerError"]),
     ("distkeras.algorithms", "the update rules (for writing a new algorithm)", None),
 ]
 ADDRESS = re.compile(r" at 0x[0-9a-f]+")
@@ -123,15 +125,57 @@ def signature(name: str, obj) -> str:
 
 
 ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|exc):`~?([^`]+)`")
+DOUBLE = re.compile(r"(?<!`)``(?!`)")  # reST inline code; a Markdown code fence stays
+SECTION = re.compile(r"(Args|Attributes|Raises|Returns|Example|Examples):")
+#: sections whose entries are ``name: text`` lines (continuation lines indented)
+LISTED = {"Args", "Attributes", "Raises"}
+ENTRY = re.compile(r"(\*{0,2}[\w.]+):\s*(.*)")
+
+
+def sections(text: str) -> str:
+    """Google-style sections (``Args:``, ``Returns:`` ...) in Markdown: a bold heading, the
+    entries of Args/Attributes/Raises as a list (``* `name`: text``, continuation lines kept
+    with their entry), the body of the others as a paragraph. Code fences pass through.
+
+    The entries are ``*`` items: a class's members follow as ``-`` items, and a different
+    bullet keeps them from joining the class's last section list."""
+    lines, out, i, fenced = text.splitlines(), [], 0, False
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if line.startswith("```"):
+            fenced = not fenced
+        match = None if fenced else SECTION.fullmatch(line)
+        if match is None:
+            out.append(line)
+            continue
+        body = []
+        while i < len(lines) and (not lines[i].strip() or lines[i].startswith(" ")):
+            body.append(lines[i])
+            i += 1
+        body = textwrap.dedent("\n".join(body)).strip("\n").splitlines()
+        out += [f"**{match.group(1)}:**", ""]
+        for entry in body:
+            if match.group(1) not in LISTED or not entry.strip():
+                out.append(entry.strip())
+            elif entry.startswith(" "):
+                out.append("  " + entry.strip())
+            else:
+                item = ENTRY.fullmatch(entry)
+                out.append(f"* `{item.group(1)}`: {item.group(2)}" if item else f"* {entry}")
+        if body:
+            out.append("")
+    return "\n".join(out).strip()
 
 
 def doc(obj) -> str:
-    """The docstring in Markdown: reST roles and double backticks become plain code."""
+    """The docstring in Markdown: reST roles and double backticks become plain code, and
+    Args/Returns/Raises sections become headed lists (see :func:`sections`)."""
     text = (inspect.getdoc(obj) or "").strip()
     name = getattr(obj, "__name__", None)
     if name and text.startswith(f"{name}("):  # a dataclass's generated docstring
         return ""
-    return ROLE.sub(r"`\1`", text).replace("``", "`")
+    return sections(DOUBLE.sub("`", ROLE.sub(r"`\1`", text)))
 
 
 def members(cls: type) -> tuple[list[tuple[str, object]], dict[str, list[str]]]:

@@ -148,3 +148,22 @@ def test_keras_checkpoint_csv_and_tensorboard_callbacks(digits_df, held_out, tmp
         tags |= set(accumulator.Tags().get("tensors", [])) | set(
             accumulator.Tags().get("scalars", []))
     assert {"epoch_loss", "epoch_staleness", "epoch_commits_per_s"} <= tags, tags
+
+
+def test_mlflow_keras_callback_works_unchanged(digits_df, held_out, tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow", reason="pip install distkeras[mlflow]")
+    from mlflow.keras import MlflowCallback
+
+    # a local tracking store: MLflow 3 keeps the file store behind this switch
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    run = trainer()
+    with mlflow.start_run() as tracked:
+        run.train(digits_df, validation_data=held_out, callbacks=[MlflowCallback(tracked)])
+    client = mlflow.tracking.MlflowClient()
+    for key in ("loss", "val_loss", "val_accuracy", "staleness"):
+        logged = [m.value for m in sorted(client.get_metric_history(tracked.info.run_id, key),
+                                          key=lambda m: m.step)]
+        assert logged == pytest.approx(run.history.history[key], rel=1e-6), key
+    # the driver model's optimizer, as model.fit logs it (Keras numbers repeated names)
+    assert client.get_run(tracked.info.run_id).data.params["optimizer_name"].startswith("adam")

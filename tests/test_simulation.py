@@ -333,8 +333,10 @@ def test_simulator_agrees_with_spark_at_two_workers(real_runs, digits, name):
 
 @pytest.mark.parametrize("name", ["DOWNPOUR", "ADAG"])
 def test_simulator_accuracy_agrees_with_spark_at_four_workers(real_runs, digits, name):
-    """n = 4 on local[2]: the 4 tasks run 2 at a time, so the real staleness is not that of
-    4 machines and is not compared; the accuracy of the uniform-speed simulation (4 equal
-    machines) must still be within 2 points of the real runs'."""
-    real_acc, sim_acc, _, _ = compare(real_runs, digits, name, 4, False)
+    """n = 4 on local[2]: the 4 tasks run 2 at a time. The simulator configured with the
+    speeds and start times the real workers had (the later pair starts when the first
+    ends) must reach the real accuracy within 2 points. The uniform model (4 equal machines
+    at once) is a different run: its accuracy was 1.7 points off here for DOWNPOUR, too
+    close to the bar to be a test, so it is not compared."""
+    real_acc, sim_acc, _, _ = compare(real_runs, digits, name, 4, True)
     assert abs(sim_acc - real_acc) <= ACCURACY_POINTS, (real_acc, sim_acc)
