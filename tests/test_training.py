@@ -56,14 +56,23 @@ def test_trainer_reaches_model_fit_accuracy(name, digits_df, digits,
 
 
 def test_compiled_model_settings_are_used_when_arguments_are_omitted(digits_df, digits):
+    import keras
+
     model = mlp()
-    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    # not the default optimizer: a trainer that ignored the compiled one would train with Adam
+    model.compile(keras.optimizers.RMSprop(learning_rate=0.002), "categorical_crossentropy",
+                  metrics=["accuracy", "categorical_crossentropy"])
     trainer = distkeras.ADAG(model, num_workers=2, num_epoch=1, verbose=0,
                              communication_window=3)
     trained = trainer.train(digits_df)
     _, _, xt, yt = digits
     assert accuracy(trained, xt, yt) > 0.75
     assert trained.loss == "categorical_crossentropy"
+    # the replicas (and the returned model) are compiled from the same blueprint
+    assert type(trained.optimizer).__name__ == "RMSprop"
+    assert float(trained.optimizer.learning_rate) == pytest.approx(0.002)
+    scores = trained.evaluate(xt[:200], one_hot(yt[:200]), verbose=0, return_dict=True)
+    assert {"accuracy", "categorical_crossentropy"} <= set(scores)
 
 
 def test_integer_labels_with_sparse_loss_and_array_features(spark, digits):
