@@ -63,14 +63,11 @@ class SparkJob:
 
     def partitioned(self, frame, repartition: bool):
         """``frame`` spread over ``num_workers`` partitions (or the data's own, checked)."""
-        if self.is_rdd:
-            if repartition:
-                return frame.coalesce(1) if self.single_worker else \
-                    frame.repartition(self.num_workers)
-            found = frame.getNumPartitions()
-        elif repartition:
+        if repartition:
             return frame.coalesce(1) if self.single_worker else \
                 frame.repartition(self.num_workers)
+        if self.is_rdd:
+            found = frame.getNumPartitions()
         elif is_connect(frame.sparkSession):
             return frame
         else:

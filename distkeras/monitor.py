@@ -10,6 +10,7 @@ reports that copy however late it gets to it, so every epoch's values are its ow
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import sys
@@ -38,16 +39,24 @@ class Progress:
         self.log_every = log_every
         self._bar = None
         self._logged = time.monotonic()
+        # running totals over the history read so far: each look reads only the new records
+        self._read = self._samples = self._commits = 0
+        self._recent: collections.deque = collections.deque(maxlen=50)
 
     def status(self) -> dict[str, float]:
-        records = self.history.records[:]  # a snapshot: the server appends
-        commits = [r for r in records if r.clock >= 0]
+        records = self.history.records
+        for record in records[self._read:len(records)]:  # the server only appends
+            if record.committed:
+                self._samples += record.samples
+                self._commits += 1
+                self._recent.append(record)
+        self._read = len(records)
         elapsed = max(self.history.elapsed(), 1e-9)
-        recent = commits[-50:]
+        recent = list(self._recent)
         return {
-            "samples": sum(r.samples for r in commits),
-            "commits": len(commits),
-            "commits_per_s": len(commits) / elapsed,
+            "samples": self._samples,
+            "commits": self._commits,
+            "commits_per_s": self._commits / elapsed,
             "loss": sum(r.loss for r in recent) / len(recent) if recent else float("nan"),
             "staleness": (sum(r.staleness for r in recent) / len(recent)) if recent else 0.0,
             "elapsed": elapsed,
@@ -65,8 +74,11 @@ class Progress:
     def show(self, final: bool = False) -> None:
         if not self.verbose:
             return
+        interactive = _interactive()
+        if not (interactive or final or time.monotonic() - self._logged >= self.log_every):
+            return  # a log line is not due: nothing to compute
         s = self.status()
-        if _interactive():
+        if interactive:
             if self._bar is None:
                 from tqdm.auto import tqdm
 
@@ -83,7 +95,7 @@ class Progress:
                                       commits_s=f"{s['commits_per_s']:.1f}",
                                       staleness=f"{s['staleness']:.1f}", refresh=False)
             self._bar.refresh()
-        elif final or time.monotonic() - self._logged >= self.log_every:
+        else:
             self._logged = time.monotonic()
             done = f"{s['samples']:,}" + (f"/{self.total:,}" if self.total else "")
             print(f"distkeras: {self.label}: {done} samples, {s['commits']:,} commits "

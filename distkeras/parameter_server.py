@@ -181,18 +181,23 @@ class ParameterServer:
         return self
 
     @contextlib.contextmanager
+    def _paused(self):
+        """(Lock held.) Wait for the lock-free applies in flight and hold new ones back: the
+        centre inside is one consistent state, for Hogwild as for the locked algorithms."""
+        self._pauses += 1
+        try:
+            while self._applying:
+                self._quiet.wait()
+            yield
+        finally:
+            self._pauses -= 1
+            self._quiet.notify_all()
+
+    @contextlib.contextmanager
     def _quiesced(self):
-        """Hold the lock with no lock-free apply in flight (and none starting): what is read
-        inside is one consistent state, for Hogwild as for the locked algorithms."""
-        with self._quiet:
-            self._pauses += 1
-            try:
-                while self._applying:
-                    self._quiet.wait()
-                yield
-            finally:
-                self._pauses -= 1
-                self._quiet.notify_all()
+        """Take the lock, then :meth:`_paused`."""
+        with self._quiet, self._paused():
+            yield
 
     def checkpoint(self, path: str | None = None) -> str | None:
         """Save the centre variable, clock, cursors and seed atomically; returns the path.
@@ -572,8 +577,7 @@ class ParameterServer:
         self.algorithm.on_pull(self.center, session)
 
     def _bookkeep(self, session: Session, clock: int, samples: int, cursor: int,
-                  loss: float, staleness: int | None = None, at: float | None = None,
-) -> None:
+                  loss: float, staleness: int | None = None, at: float | None = None) -> None:
         """Record a commit whose update is in the centre (lock held)."""
         if cursor > self.cursors.get(session.worker, -1):
             self.cursors[session.worker] = cursor
@@ -589,19 +593,13 @@ class ParameterServer:
         self.samples += int(samples)
         if not self._epoch_due():
             return
-        self._pauses += 1  # hold new lock-free applies back until the copy is taken
-        try:
-            while self._epoch_due():  # checked again after every wait: another thread
-                if self._applying:    # may have marked this epoch meanwhile
-                    self._quiet.wait()
-                    continue
+        with self._paused():
+            # checked again after the wait: another thread may have marked it meanwhile
+            while self._epoch_due():
                 self._marks.append(EpochMark(self._marked, self.center.copy(), self.clock,
                                              self.samples, self.history.elapsed(),
                                              len(self.history.records)))
                 self._marked += 1
-        finally:
-            self._pauses -= 1
-            self._quiet.notify_all()
 
     def _epoch_due(self) -> bool:
         return bool(self.rows) and self._marked < self.num_epochs and \

@@ -278,8 +278,7 @@ class Trainer:
         server, address, token = self._start_server(job, layout, center, resumed, rows)
         spec = WorkerSpec(bp, self.algorithm, plan, layout, address, token,
                           self.batch_size, self.num_epoch, self.communication_window,
-                          self.exchange_each_epoch, self.returns_replicas, shuffle,
-                          resumed.seed if resumed else self.seed)
+                          self.exchange_each_epoch, self.returns_replicas, shuffle, server.seed)
         progress = Progress(server.history, rows, self.num_epoch, self.verbose,
                             name=type(self).__name__)
         ends = EpochEnds(server, bp.build(), self._callbacks(callbacks, validation_data,

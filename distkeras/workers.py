@@ -62,8 +62,12 @@ class ServerLink:
         """How payloads travel: "shm" (shared memory, same host) or "tcp" (the socket)."""
         return "shm" if self.segment is not None else "tcp"
 
-    def _send(self, op: int, payload: np.ndarray | bytes | None, flags: int = 0) -> None:
-        nbytes = 0 if payload is None else memoryview(payload).nbytes
+    def _send(self, op: int, payload: np.ndarray | bytes | None, flags: int = 0,
+              nbytes: int | None = None) -> None:
+        """One request: the header of the next request's metadata, then ``payload`` when it
+        travels on the socket (``nbytes``: its size when it is in shared memory instead)."""
+        if nbytes is None:
+            nbytes = 0 if payload is None else memoryview(payload).nbytes
         header = wire.request(op, flags=flags, epoch=self.epoch, samples=self.samples,
                               cursor=self.last_batch, clock=self.clock, loss=self.loss,
                               nbytes=nbytes)
@@ -85,14 +89,7 @@ class ServerLink:
             payload = None
         elif payload is not None:
             payload = np.ascontiguousarray(payload, dtype=wire.DTYPE)
-        if nbytes and payload is None:  # the payload is in shared memory: header only
-            header = wire.request(op, flags=wire.Flag.SHARED, epoch=self.epoch,
-                                  samples=self.samples, cursor=self.last_batch,
-                                  clock=self.clock, loss=self.loss, nbytes=nbytes)
-            self._sock.sendall(header)
-            self._last_sent = time.monotonic()
-        else:
-            self._send(op, payload, wire.Flag.SHARED if shared else 0)
+        self._send(op, payload, wire.Flag.SHARED if shared else 0, nbytes)
         wire.recv_exact(self._sock, memoryview(self._reply))
         status, flags, self.clock, size = wire.REPLY.unpack(self._reply)
         if status == wire.Status.STOP:
@@ -254,12 +251,10 @@ def train_partition(spec: WorkerSpec, partition: int,
             if step.kind == EXCHANGE:
                 commit(step)
                 continue
-            if first_batch_at is None:  # the first step compiles: it may take long
-                with link.keepalive():
-                    loss = model.train_on_batch(_take(xs, step.rows), _take(ys, step.rows))
-                first_batch_at = time.time()
-            else:
+            # the first step compiles, which may take long: the keep-alive speaks meanwhile
+            with link.keepalive() if first_batch_at is None else contextlib.nullcontext():
                 loss = model.train_on_batch(_take(xs, step.rows), _take(ys, step.rows))
+            first_batch_at = first_batch_at or time.time()
             loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
             if not math.isfinite(loss):
                 _fail(link, f"worker {partition}: training loss is {loss} at epoch "

@@ -145,16 +145,23 @@ def test_a_newer_attempt_fences_the_older_one(lock):
 
 
 # ---- 5: synchronous cursors become visible when the round is applied ------------------------
+def worker_0_waits_in_round_0(server, layout, token, last_batch):
+    """Two workers connect; worker 0 commits 2.0 for 10 samples (cursor ``last_batch``) and
+    waits for worker 1. Returns (worker 1's link, the waiting thread, its errors)."""
+    a, b = (ServerLink(server.address, token, layout, worker=k) for k in range(2))
+    a.pull()
+    a.samples, a.last_batch = 10, last_batch
+    waiter, _, errors = in_thread(a.commit_and_pull, np.array([2.0], np.float32))
+    assert wait_for(lambda: server._rendezvous.arrived == {0}, timeout=10)
+    return b, waiter, errors
+
+
 def test_a_checkpoint_in_the_middle_of_a_round_holds_no_cursor_of_it(tmp_path):
     path = str(tmp_path / "mid-round.npz")
     with running_server(algorithms.ModelAveraging(), [0.0], num_workers=2,
                         config=ServerConfig(checkpoint_path=path)) as (server, layout, token):
-        a, b = (ServerLink(server.address, token, layout, worker=k) for k in range(2))
-        a.pull()
+        b, waiter, errors = worker_0_waits_in_round_0(server, layout, token, last_batch=4)
         b.pull()
-        a.samples, a.last_batch = 10, 4
-        waiter, _, errors = in_thread(a.commit_and_pull, np.array([2.0], np.float32))
-        assert wait_for(lambda: server._rendezvous.arrived == {0}, timeout=10)
         server.checkpoint()
         mid = checkpoint.load(path, layout)
         assert mid.cursors == {} and mid.clock == 0 and mid.center[0] == 0.0
@@ -174,11 +181,7 @@ def test_an_aborted_round_publishes_nothing(tmp_path):
     path = str(tmp_path / "aborted.npz")
     with running_server(algorithms.ModelAveraging(), [0.0], num_workers=2,
                         config=ServerConfig(checkpoint_path=path)) as (server, layout, token):
-        a, b = (ServerLink(server.address, token, layout, worker=k) for k in range(2))
-        a.pull()
-        a.samples, a.last_batch = 10, 9
-        waiter, _, errors = in_thread(a.commit_and_pull, np.array([2.0], np.float32))
-        assert wait_for(lambda: server._rendezvous.arrived == {0}, timeout=10)
+        b, waiter, errors = worker_0_waits_in_round_0(server, layout, token, last_batch=9)
         b._sock.shutdown(socket.SHUT_RDWR)  # worker 1 dies mid-round
         waiter.join(timeout=10)
         assert errors and "aborted" in str(errors[0])
