@@ -40,6 +40,8 @@ def machine_info() -> dict[str, Any]:
         "numpy": _version("numpy"),
         "keras": _version("keras"),
         "tensorflow": _version("tensorflow"),
+        "jax": _version("jax"),
+        "torch": _version("torch"),
         "pyspark": _version("pyspark"),
         "distkeras": _version("distkeras"),
     }

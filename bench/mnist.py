@@ -17,6 +17,7 @@ Run (from the repository root)::
     .venv/bin/python bench/mnist.py                       # the full comparison (minutes)
     .venv/bin/python bench/mnist.py --repeat 1 --trainers ADAG          # a quick check
     .venv/bin/python bench/mnist.py --out bench/out/mnist.jsonl
+    .venv/bin/python bench/mnist.py --backend jax      # the same on another Keras backend
 
 One JSON line per result goes to stdout (and is appended to ``--out``): the warm-up run,
 ``model.fit``, then one line per trainer. Progress goes to stderr.
@@ -34,7 +35,7 @@ import numpy as np
 from _common import emit, log, machine_info, utc_now
 
 DEFAULT_TRAINERS = "SingleTrainer,DOWNPOUR,AGN,ADAG,DynSGD,AEASGD,EAMSGD,AveragingTrainer,EASGD"
-TARGET_RATIO = 0.8  # steady-state samples/s of a trainer >= 0.8 x model.fit
+TARGET_RATIO = 0.8  # a trainer's samples/s >= 0.8 x model.fit's, steady state AND wall time
 HOLDOUT = 1000
 TRAIN = 4000
 
@@ -127,10 +128,15 @@ def worker_timing(reports: list[dict], called: float, returned: float) -> dict[s
 
 def run_fit(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray, x_test: np.ndarray,
             y_test: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
-    """Plain ``model.fit`` on the repeated numpy data, timed with a callback."""
+    """Plain ``model.fit`` on the repeated numpy data. Wall time: the call to its return, as
+    for the trainers. Steady state: from the end of the first batch, noted by a callback that
+    Keras dispatches off the training loop (``async_safe``), so fit pays no per-batch Python
+    round trip that the trainers do not pay."""
     import keras
 
     class Clock(keras.callbacks.Callback):
+        async_safe = True  # dispatched in a background thread: the loop does not wait on it
+
         def __init__(self) -> None:
             super().__init__()
             self.first_batch: float | None = None
@@ -209,6 +215,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--onednn", choices=("0", "1"), default="1",
                         help="TF_ENABLE_ONEDNN_OPTS for model.fit AND the Spark workers "
                              "(default 1: TensorFlow's own default)")
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None,
+                        help="Keras backend of model.fit and of the workers (default: "
+                             "KERAS_BACKEND, else Keras' own default)")
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
     if not 1 <= args.train_rows <= TRAIN:
@@ -225,13 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     # which inherit this environment: set before TensorFlow is imported.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = args.onednn
+    if args.backend:  # before Keras is imported; the workers follow the driver's backend
+        os.environ["KERAS_BACKEND"] = args.backend
     trainers = [name.strip() for name in args.trainers.split(",") if name.strip()]
     import distkeras
 
     for name in trainers:  # fail on a typo before Spark starts
         if not isinstance(getattr(distkeras, name, None), type):
             raise SystemExit(f"unknown trainer {name!r}")
-    info = machine_info()
+    import keras
+
+    info = {**machine_info(), "backend": keras.backend.backend()}
     common = {"bench": "mnist", "repeat": args.repeat, "train_rows": args.train_rows,
               "samples_per_epoch": args.train_rows * args.repeat, "test_rows": HOLDOUT,
               "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
@@ -254,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.warmup_rows:
             rows = min(args.warmup_rows, len(x))
             small = make_dataframe(spark, x[:rows], y[:rows], 1, args.workers)
-            log("mnist: warm-up run (TensorFlow import in the Python workers)")
+            log("mnist: cold start: the first train() of the session (the workers import "
+                "the backend)")
             started = time.time()
             warm = make_trainer("DOWNPOUR", weights, args)
             warm.train(small)
@@ -275,11 +289,16 @@ def main(argv: list[str] | None = None) -> int:
                 record["error"] = f"{type(error).__name__}: {error}"
                 log(f"mnist: {name} failed: {record['error']}")
             speed = record.get("samples_per_s")
+            # wall time first: what the user waits for, start-up included
+            record["wall_ratio_to_fit"] = (fit["train_s"] / record["train_s"]
+                                           if fit and record.get("train_s") else None)
             record["ratio_to_fit"] = (speed / fit["samples_per_s"]
                                       if speed and fit and fit["samples_per_s"] else None)
             record["target_ratio"] = TARGET_RATIO
-            record["meets_target"] = (record["ratio_to_fit"] >= TARGET_RATIO
-                                      if record["ratio_to_fit"] is not None else None)
+            # the target holds only where both speeds do: steady state and wall time
+            ratios = (record["ratio_to_fit"], record["wall_ratio_to_fit"])
+            record["meets_target"] = (min(ratios) >= TARGET_RATIO
+                                      if None not in ratios else None)
             emit({**record, **info, "utc": utc_now()}, args.out)
         df.unpersist()
     finally:

@@ -17,7 +17,7 @@ _EXPORTS = {
     "transformers": ["DenseTransformer", "LabelIndexTransformer", "MinMaxTransformer",
                      "OneHotTransformer", "ReshapeTransformer", "StandardTransformer"],
     "algorithms": ["Algorithm"],
-    "errors": ["CheckpointError", "DataError", "TrainingAborted", "WorkerError"],
+    "errors": ["BackendError", "CheckpointError", "DataError", "TrainingAborted", "WorkerError"],
     "history": ["History"],
     "parameter_server": ["ParameterServer", "ServerConfig"],
     "spark": ["local_session"],

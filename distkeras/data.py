@@ -13,6 +13,7 @@ becomes one numpy array without touching a Python object per row. Users who hold
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,36 +42,50 @@ class Column:
                 return np.eye(self.one_hot, dtype=np.float32)[flat.astype(np.int64)]
         return flat.reshape((n, *self.shape))
 
-    def rows_to_numpy(self, values: Sequence) -> np.ndarray:
-        """Row objects of this column (the RDD path) -> float32 array (rows, *shape)."""
-        n = len(values)
+    def finish(self, flat: np.ndarray) -> np.ndarray:
+        """Stored rows ``(n, width)`` -> the model's tensor ``(n, *shape)`` (a class index
+        one-hot encoded here, so that stored rows stay ``width`` numbers wide)."""
+        return self._finish(flat, len(flat))
+
+    def flat_rows(self, values: Sequence) -> np.ndarray:
+        """Row objects of this column (the RDD path) -> float32 array (rows, width)."""
+        array = np.empty((len(values), self.width), dtype=np.float32)
         if self.scalar:
-            return self._finish(np.asarray(values, dtype=np.float32), n)
-        array = np.empty((n, self.width), dtype=np.float32)
+            array[:, 0] = np.asarray(values, dtype=np.float32)
+            return array
         for i, value in enumerate(values):
             array[i] = value.toArray() if hasattr(value, "toArray") else value
-        return self._finish(array, n)
+        return array
+
+    def rows_to_numpy(self, values: Sequence) -> np.ndarray:
+        """Row objects of this column (the RDD path) -> float32 array (rows, *shape)."""
+        return self.finish(self.flat_rows(values))
+
+    def flat_arrow(self, chunk) -> np.ndarray:
+        """One Arrow array of this column -> float32 array (rows, width), without a copy
+        where the values already are float32."""
+        import pyarrow as pa
+
+        if isinstance(chunk, pa.ChunkedArray):
+            chunk = chunk.combine_chunks()
+        values = chunk.flatten() if not self.scalar else chunk
+        if not self.scalar and len(values) != len(chunk) * self.width:
+            sizes = np.diff(np.asarray(chunk.offsets))
+            bad = sizes[sizes != self.width]
+            raise DataError(f"column '{self.name}': every row must hold {self.width} "
+                            f"values, found a row with {bad[0] if bad.size else '?'}")
+        flat = values.to_numpy(zero_copy_only=False)
+        return flat.astype(np.float32, copy=False).reshape(len(chunk), self.width)
 
     def arrow_to_numpy(self, chunks: list) -> np.ndarray:
         """Arrow arrays of this column (one per record batch) -> float32 array (rows, *shape)."""
-        import pyarrow as pa
-
         n = sum(len(c) for c in chunks)
-        out = np.empty(n * self.width, dtype=np.float32)
+        out = np.empty((n, self.width), dtype=np.float32)
         offset = 0
         for chunk in chunks:
-            if isinstance(chunk, pa.ChunkedArray):
-                chunk = chunk.combine_chunks()
-            values = chunk.flatten() if not self.scalar else chunk
-            if not self.scalar and len(values) != len(chunk) * self.width:
-                sizes = np.diff(np.asarray(chunk.offsets))
-                bad = sizes[sizes != self.width]
-                raise DataError(f"column '{self.name}': every row must hold {self.width} "
-                                f"values, found a row with {bad[0] if bad.size else '?'}")
-            size = len(values)
-            out[offset:offset + size] = values.to_numpy(zero_copy_only=False)
-            offset += size
-        return self._finish(out, n)
+            out[offset:offset + len(chunk)] = self.flat_arrow(chunk)
+            offset += len(chunk)
+        return self.finish(out)
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,36 @@ class ColumnPlan:
     def _split(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         k = len(self.features)
         return arrays[:k], arrays[k:]
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes one row takes as a worker stores it: every column as float32, ``width``
+        numbers (class indices are one-hot encoded per batch, not stored wide)."""
+        return 4 * sum(c.width for c in self.columns)
+
+    def arrow_chunks(self, batches: Iterable) -> Iterator[list[np.ndarray]]:
+        """Arrow record batches -> per batch, one float32 ``(rows, width)`` array a column."""
+        for batch in batches:
+            chunk = [c.flat_arrow(batch.column(c.name)) for c in self.columns]
+            del batch  # views of it live on in the chunk while the consumer needs them
+            yield chunk
+            del chunk  # not held while the next batch is read
+
+    def row_chunks(self, rows: Iterable, size: int = 4096) -> Iterator[list[np.ndarray]]:
+        """Row objects (in ``names`` order) -> per ``size`` rows, one float32
+        ``(rows, width)`` array a column; never more than ``size`` rows as Python objects."""
+        rows = iter(rows)
+        while True:
+            chunk = list(itertools.islice(rows, size))
+            if not chunk:
+                return
+            yield [c.flat_rows(v) for c, v in zip(self.columns, zip(*chunk))]
+
+    def finish(self, flats: Sequence[np.ndarray]):
+        """Stored rows of each column -> ``(x, y)`` as ``train_on_batch`` takes them: one
+        array for a single input (output), a list for several."""
+        x, y = self._split([c.finish(f) for c, f in zip(self.columns, flats)])
+        return x[0] if len(x) == 1 else x, y[0] if len(y) == 1 else y
 
     def rows_to_numpy(self, rows: Iterable) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """A partition's rows (in ``names`` order) -> (feature arrays, label arrays)."""

@@ -38,6 +38,11 @@ class WorkerError(RuntimeError):
     """Training on a partition cannot go on (server refused, run aborted, loss diverged)."""
 
 
+class BackendError(WorkerError):
+    """A Spark task cannot run the driver's Keras backend (not installed there, or its Python
+    worker already runs Keras on another backend)."""
+
+
 class StopTraining(Exception):  # noqa: N818 - a signal, not an error
     """The driver ended training early: the worker leaves cleanly."""
 

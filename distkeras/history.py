@@ -149,6 +149,21 @@ class History:
                                  "attempt": int(attempt), "host": host,
                                  "transport": transport})
 
+    def address_of(self, worker: int, attempt: int) -> str | None:
+        """The address the server saw that attempt of that worker connect from (the
+        newest such connection), or None when it never connected.
+
+        Args:
+            worker: The worker's partition index.
+            attempt: Spark's task attempt number.
+
+        Returns:
+            The peer address as a string, or `None`.
+        """
+        seen = [c["host"] for c in self.connections
+                if c["worker"] == worker and c["attempt"] == attempt]
+        return seen[-1] if seen else None
+
     def add_finished(self, worker: int, *, at: float | None = None) -> None:
         """Record that a worker said goodbye: it has no more data (it leaves synchronous
         rounds).

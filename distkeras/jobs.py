@@ -10,9 +10,12 @@ import threading
 import uuid
 from typing import Any
 
+import cloudpickle
 import numpy as np
 
 from . import protocol
+from .backends import use_backend
+from .devices import place
 from .spark import driver_address, is_connect, task_slots
 from .workers import REPORT_SCHEMA, WorkerSpec, run_arrow_task, run_rdd_task
 
@@ -94,7 +97,7 @@ class SparkJob:
             else:
                 self.spark.addTag(self.tag)
             try:
-                self._reports = (self._run_rdd(repartition) if self.is_rdd
+                self._reports = (self._run_rdd(spec, repartition) if self.is_rdd
                                  else self._run_arrow(spec, plan, repartition))
             finally:
                 if self.sc is None:
@@ -106,12 +109,19 @@ class SparkJob:
         frame = plan.arrow_frame(self.partitioned(self.data.select(*plan.names), repartition))
         shipped = self._shipped
 
+        backend = spec.backend
         if shipped is not None:
             def task(batches):
-                return run_arrow_task(shipped.value, batches)
-        else:  # Spark Connect: no broadcast; the spec travels with the function
+                use_backend(backend)  # before the spec's unpickling may import Keras
+                placement = place()  # the task's GPU, before anything initialises CUDA
+                return run_arrow_task(shipped.value, batches, placement)
+        else:  # Spark Connect: no broadcast; the spec travels with the function, as bytes
+            packed = cloudpickle.dumps(spec)  # so that it is unpickled after use_backend
+
             def task(batches):
-                return run_arrow_task(spec, batches)
+                use_backend(backend)
+                placement = place()
+                return run_arrow_task(cloudpickle.loads(packed), batches, placement)
 
         rows = frame.mapInArrow(task, REPORT_SCHEMA, barrier=self.barrier).collect()
         reports = []
@@ -122,11 +132,13 @@ class SparkJob:
             reports.append(report)
         return reports
 
-    def _run_rdd(self, repartition) -> list[dict]:
-        shipped = self._shipped
+    def _run_rdd(self, spec, repartition) -> list[dict]:
+        shipped, backend = self._shipped, spec.backend
 
         def task(index, rows):
-            return run_rdd_task(shipped.value, index, rows)
+            use_backend(backend)
+            placement = place(index)
+            return run_rdd_task(shipped.value, index, rows, placement)
 
         rdd = self.partitioned(self.data, repartition)
         stage = rdd.barrier() if self.barrier else rdd

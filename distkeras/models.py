@@ -50,10 +50,15 @@ class ModelBlueprint:
     metrics: list
     custom_objects: bytes  # cloudpickled registry: classes defined in a notebook travel too
 
-    def build(self, optimizer: Any = None) -> keras.Model:
-        """A fresh compiled replica; ``optimizer`` overrides the blueprint's."""
+    def build(self, optimizer: Any = None, dtype_policy: str | None = None) -> keras.Model:
+        """A fresh compiled replica; ``optimizer`` overrides the blueprint's; ``dtype_policy``
+        (e.g. ``"mixed_bfloat16"``) makes it compute in lower precision (see precision.py)."""
         import keras
         model = model_from_bytes(self.keras_bytes, self.custom_objects)
+        if dtype_policy:  # before compile: mixed_float16 gets Keras' LossScaleOptimizer
+            from .precision import apply_policy
+
+            apply_policy(model, dtype_policy)
         model.compile(optimizer=keras.optimizers.get(optimizer or self.optimizer),
                       loss=self.loss, metrics=list(self.metrics))
         return model

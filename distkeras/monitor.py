@@ -23,7 +23,13 @@ log = logging.getLogger(__name__)
 
 
 def _interactive() -> bool:
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
+    """A terminal, or a Jupyter kernel (whose stderr is not a TTY but shows a bar); not
+    merely a process that imported ipykernel (a library may)."""
+    if sys.stderr.isatty():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 class Progress:
@@ -109,6 +115,20 @@ class Progress:
             self._bar = None
         else:
             self.show(final=True)
+
+
+def where_workers_ran(reports: list[dict]) -> str:
+    """One phrase for the run's summary line: the devices the workers' replicas lived on,
+    with how many workers each (and the host, when there are several), e.g. ``"workers ran
+    on GPU:0 (2), mixed_bfloat16"``."""
+    hosts = len({r.get("host") for r in reports}) > 1
+    counts: dict[str, int] = collections.Counter()
+    for report in sorted(reports, key=lambda r: r.get("worker") or 0):
+        where = ",".join(report.get("devices") or ["?"])
+        counts[f"{report.get('host')} {where}" if hosts else where] += 1
+    text = "workers ran on " + ", ".join(f"{k} ({n})" for k, n in counts.items())
+    policies = sorted({r.get("dtype_policy") for r in reports} - {None, "float32"})
+    return text + "".join(f", {p}" for p in policies)
 
 
 def collect_numpy(dataframe, plan) -> tuple[list[np.ndarray], list[np.ndarray]]:

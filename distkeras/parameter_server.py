@@ -23,7 +23,7 @@ from .algorithms import Algorithm, Session
 from .errors import CheckpointError, TrainingAborted  # noqa: F401 - also importable from here
 from .history import History
 from .rendezvous import Rendezvous
-from .shared_memory import Segment
+from .shared_memory import Segment, is_local_address
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class ServerConfig:
         heartbeat_interval: A training worker sends a heartbeat after this long without
             sending anything. Defaults to `None`: a fifth of the shortest of
             `stall_timeout`, `idle_timeout` and `round_timeout` (those set).
+        port: The TCP port the server listens on, for a firewall that lets executors
+            reach only known ports of the driver. Defaults to `0`: a free port.
     """
 
     handshake_timeout: float = 10.0  # a new connection must complete its handshake by then
@@ -77,6 +79,7 @@ class ServerConfig:
     # a training worker sends a heartbeat when it has sent nothing for this long; None: a
     # fifth of the shortest of stall_timeout, idle_timeout and round_timeout
     heartbeat_interval: float | None = None
+    port: int = 0  # the listening port (0: any free one)
 
     def heartbeat(self) -> float:
         """Seconds of silence after which a training worker sends a heartbeat (0: never)."""
@@ -133,7 +136,7 @@ class ParameterServer:
         self._checkpoint_lock = threading.Lock()
         self._token = token
         self._digest = layout.digest()
-        self._bind = (bind_host, int(port))
+        self._bind = (bind_host, int(port or self.config.port))
         self._lock = threading.Lock()  # centre variable and bookkeeping
         self._round = threading.Condition(self._lock)
         # Lock-free (Hogwild) applies are counted so that a checkpoint, a snapshot or a
@@ -381,7 +384,9 @@ class ParameterServer:
                               last_seen=time.monotonic())
             status, cursor = self._admit(conn, session)
         segment = None
-        if status == wire.Status.OK and flags & wire.Flag.SHARED and self.config.shared_memory:
+        # a segment only for a worker on this host: another host could not map it
+        if status == wire.Status.OK and flags & wire.Flag.SHARED and self.config.shared_memory \
+                and is_local_address(peer[0]):
             segment = Segment.create(self.layout.num_params)
         if status == wire.Status.OK:
             path = segment.path.encode() if segment is not None else b""

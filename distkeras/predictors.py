@@ -11,23 +11,30 @@ batches through ``pyspark.ml.functions.predict_batch_udf`` (Arrow batches cut in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
+from .backends import driver_backend, use_backend
 from .data import DataError, as_array, column_kinds
+from .devices import Placement, place
 from .models import model_from_bytes, model_to_bytes, pickle_custom_objects
+
+if TYPE_CHECKING:  # a task sets the driver's backend before it imports Keras
+    import keras
 
 __all__ = ["ModelPredictor", "load_keras_bytes", "model_digest", "model_to_bytes"]
 
-#: models loaded in this (worker) process, newest last; keyed by :func:`model_digest`
-_LOADED: OrderedDict[str, keras.Model] = OrderedDict()
+#: models loaded in this (worker) process, newest last; keyed by :func:`model_digest` and
+#: the GPU (of those the process sees) they live on
+_LOADED: OrderedDict[tuple[str, int | None], keras.Model] = OrderedDict()
 _LOADED_CAPACITY = 4
 _LOADED_LOCK = threading.Lock()
 
@@ -35,6 +42,8 @@ _LOADED_LOCK = threading.Lock()
 def model_digest(model: keras.Model) -> str:
     """SHA-256 of the architecture and the weights: equal for equal models (the ``.keras``
     bytes are not, they carry a save date), so workers reuse a model they already loaded."""
+    import keras
+
     digest = hashlib.sha256(model.to_json().encode())
     for weight in model.weights:
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
@@ -56,32 +65,43 @@ class _Shipped:
     custom_objects: bytes
 
 
-def _cached_model(shipped: _Shipped) -> keras.Model:
-    """The model for ``shipped.digest``, loaded at most once per process."""
+def _cached_model(shipped: _Shipped, placement: Placement | None = None) -> keras.Model:
+    """The model for ``shipped.digest``, loaded at most once per process and device (on the
+    task's device, see devices.py)."""
+    key = (shipped.digest, placement.index if placement is not None else None)
     with _LOADED_LOCK:
-        model = _LOADED.get(shipped.digest)
+        model = _LOADED.get(key)
         if model is not None:
-            _LOADED.move_to_end(shipped.digest)
+            _LOADED.move_to_end(key)
             return model
-        model = model_from_bytes(shipped.keras_bytes, shipped.custom_objects)
-        _LOADED[shipped.digest] = model
+        with placement.scope() if placement is not None else contextlib.nullcontext():
+            model = model_from_bytes(shipped.keras_bytes, shipped.custom_objects)
+        _LOADED[key] = model
         while len(_LOADED) > _LOADED_CAPACITY:
             _LOADED.popitem(last=False)
         return model
 
 
-def _make_predict_fn(broadcast, shapes: list[tuple[int, ...]], multi_output: bool
-                     ) -> Callable[[], Callable]:
-    """``make_predict_fn`` for predict_batch_udf; closes over no model, only the broadcast."""
+def _make_predict_fn(broadcast, shapes: list[tuple[int, ...]], multi_output: bool,
+                     backend: str) -> Callable[[], Callable]:
+    """``make_predict_fn`` for predict_batch_udf; closes over no model, only the broadcast
+    and the driver's Keras backend."""
 
     def make():
-        model = _cached_model(broadcast.value)
+        use_backend(backend)
+        place()  # restrict this Python worker to the task's GPU before CUDA initialises
+        import keras
 
         def predict(*arrays: np.ndarray):
+            # per batch: Spark caches this function in a reused worker for later tasks,
+            # which may be assigned another GPU
+            placement = place()
+            model = _cached_model(broadcast.value, placement)
             rows = len(arrays[0])
             inputs = [np.asarray(a, dtype=np.float32).reshape((rows, *shape))
                       for a, shape in zip(arrays, shapes)]
-            result = model.predict_on_batch(inputs[0] if len(inputs) == 1 else inputs)
+            with placement.scope():
+                result = model.predict_on_batch(inputs[0] if len(inputs) == 1 else inputs)
             outputs = [np.asarray(o, dtype=np.float32).reshape(rows, -1)
                        for o in keras.tree.flatten(result)]
             if not multi_output:
@@ -150,6 +170,8 @@ class ModelPredictor:
 
     def __init__(self, keras_model: keras.Model, features_col: str | Sequence[str] = "features",
                  output_col: str = "prediction", batch_size: int = 256):
+        import keras
+
         if not isinstance(keras_model, keras.Model):
             raise TypeError(f"keras_model must be a keras.Model, got {type(keras_model).__name__}")
         if not keras_model.built or not getattr(keras_model, "inputs", None):
@@ -217,7 +239,7 @@ class ModelPredictor:
                                   for i in range(len(self.output_shapes))]) if multi else array
         udf = predict_batch_udf(
             _make_predict_fn(self._shipped(dataframe.sparkSession.sparkContext),
-                             self.input_shapes, multi),
+                             self.input_shapes, multi, driver_backend()),
             return_type=return_type, batch_size=self.batch_size,
             input_tensor_shapes=[[w] for w in widths])
         result = udf(*features)

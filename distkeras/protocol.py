@@ -194,17 +194,29 @@ def send_frame(sock: socket.socket, header: bytes, payload: np.ndarray | None = 
     sock.sendall(memoryview(payload).cast("B"))
 
 
-def connect(address: tuple[str, int], timeout: float = 60.0, attempts: int = 8,
-            backoff: float = 0.25) -> socket.socket:
-    """Connect with retries and exponential backoff; TCP_NODELAY for small headers."""
+def connect(address: tuple[str, int], timeout: float = 60.0, attempts: int = 6,
+            backoff: float = 0.25, deadline: float = 15.0) -> socket.socket:
+    """Connect with retries and exponential backoff; TCP_NODELAY for small headers.
+
+    ``timeout`` is the socket's timeout once connected; connecting itself, retries
+    included, gives up after ``deadline`` seconds, so that an address the caller cannot
+    reach (no route, a firewall dropping packets) fails in seconds, not after a hang."""
     last_error: Exception | None = None
+    began = time.monotonic()
+    give_up = began + deadline
     for attempt in range(attempts):
+        left = give_up - time.monotonic()
+        if left <= 0:
+            break
         try:
-            sock = socket.create_connection(address, timeout=timeout)
+            sock = socket.create_connection(address, timeout=min(timeout, left))
+            sock.settimeout(timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return sock
         except OSError as error:
             last_error = error
-            time.sleep(backoff * (2 ** attempt))
+            if attempt + 1 < attempts:
+                time.sleep(min(backoff * (2 ** attempt), max(give_up - time.monotonic(), 0)))
     raise ConnectionError(f"cannot reach the distkeras parameter server at "
-                          f"{address[0]}:{address[1]} after {attempts} attempts: {last_error}")
+                          f"{address[0]}:{address[1]} (gave up after "
+                          f"{time.monotonic() - began:.1f}s): {last_error}")

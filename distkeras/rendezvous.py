@@ -73,7 +73,9 @@ class Step:
     epoch: int
     batch: int  # the batch within its epoch
     index: int  # epoch * batches_per_epoch + batch: the cursor a commit carries
-    rows: np.ndarray | None = None  # row indices of the batch (TRAIN only)
+    # the batch's slice of ``order(epoch)`` (TRAIN only): row indices, or positions (a range)
+    # that the worker's row source maps to rows
+    rows: np.ndarray | range | None = None
 
 
 def batch_schedule(rows: int, batch_size: int, num_epoch: int, window: float,

@@ -5,7 +5,8 @@ server offers it a segment in ``/dev/shm`` (mode 0600, random name) in the hands
 worker maps it and from then on writes its update there and reads the centre variable from
 there; only the fixed headers cross the socket, which still orders every exchange. The file
 is unlinked as soon as the worker's first frame arrives, so nothing is left behind even if
-either side dies. A worker on another host cannot open the path and keeps using the socket.
+either side dies. A worker on another host cannot open the path and keeps using the socket;
+the server offers no segment at all to a peer whose address is not one of its own host's.
 
 The server reserves the segment's memory when it creates it (``posix_fallocate``): on tmpfs
 ``ftruncate`` alone makes a sparse file even when there is no room, and the first write to a
@@ -21,6 +22,7 @@ import mmap
 import os
 import re
 import secrets
+import socket
 import stat
 
 import numpy as np
@@ -30,6 +32,21 @@ from .protocol import DTYPE
 SHM_DIR = "/dev/shm"
 PREFIX = "distkeras-"
 NAME_BYTES = 16  # random bytes in a name: 32 lowercase hex characters
+
+
+def is_local_address(address: str) -> bool:
+    """True when ``address`` (a peer as the server saw it) is one of this host's own: only
+    such a worker can map the server's segments, so only it is offered one (space reserved
+    for a worker on another host would be wasted)."""
+    if address.startswith("::ffff:"):  # IPv4 peer on a dual-stack socket
+        address = address[len("::ffff:"):]
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, 0))
+        return True
+    except OSError:
+        return False
 
 
 def _size(num_params: int) -> int:

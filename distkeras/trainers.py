@@ -19,15 +19,18 @@ import keras
 import numpy as np
 
 from . import algorithms, protocol
+from .backends import driver_backend
 from .checkpoint import load as load_checkpoint
 from .data import plan_columns, plan_rdd_columns
 from .data import validate as validate_data
 from .errors import worker_exception
 from .history import History
 from .jobs import SparkJob
+from .memory import WORKER_MEMORY, parse_size
 from .models import blueprint
-from .monitor import EpochEnds, Progress, collect_numpy
+from .monitor import EpochEnds, Progress, collect_numpy, where_workers_ran
 from .parameter_server import ParameterServer, ServerConfig, TrainingAborted
+from .precision import check_policy
 from .workers import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,21 @@ checkpoint_every: With `checkpoint_path`, also save every this many commits (`0`
     off). Defaults to `0`.
 checkpoint_seconds: With `checkpoint_path`, also save every this many seconds (`0`:
     off). Defaults to `0.0`.
+dtype_policy: Mixed precision on the workers: `"mixed_bfloat16"` or `"mixed_float16"`.
+    Each replica's float32 layers compute in 16 bits (a replica loaded from the `.keras`
+    bytes keeps its layers' saved policies, so the policy is set on its layers, not
+    globally); for `"mixed_float16"` Keras wraps the worker optimizer in a
+    `LossScaleOptimizer`. The variables, the centre variable, the weights on the wire and
+    the returned model stay float32. `worker_reports[i]["dtype_policy"]` says what each
+    replica computed with. Defaults to `None` (the policies the model was saved with,
+    float32 for a model built under the default policy).
+worker_memory: Bytes of training rows one worker (one Spark task) holds in memory: an
+    int or a size as Spark writes it (`"512m"`, `"4g"`). A partition that fits trains
+    from memory; a larger one is written once, as it arrives, to an Arrow file in the
+    executor's local directories (`spark.local.dir`) and streamed from it every epoch,
+    in a shuffled order of blocks with a shuffle window of half this size (see
+    docs/data.md). Rows count as float32, `width` numbers per column. The model, the
+    backend and one Arrow record batch from Spark come on top. Defaults to `"1g"`.
 """
 
 
@@ -108,13 +126,23 @@ class Trainer:
         history: The `History` of the last `train()` (records of every commit, per-epoch
             values in `history.history`); while training, the live one.
         worker_reports: One dict per worker of the last `train()`: rows, commits,
-            samples, host, pid, transport, start and end times.
+            samples, host (the executor's hostname), `address` (the worker's address
+            as the parameter server saw it: on a cluster, which machine it ran on), pid,
+            transport (`"tcp"`, or `"shm"` beside the driver), start and end times;
+            `gpu_addresses` (the GPU
+            addresses Spark assigned to the task, a list of strings, empty without a GPU
+            resource), `devices` (where the replica's variables lived: `["CPU"]` or
+            `["GPU:<address>"]`) and `dtype_policy` (see docs/cluster.md); `spilled`
+            (bytes of the worker's spill file, `0` when its rows were held in memory),
+            `peak_rss` (the task's peak resident memory in bytes) and `base_rss` (its
+            resident memory once the model was built, before its rows arrived).
         parameter_server: The running `ParameterServer` during `train()`, else `None`.
 
     Raises:
         ValueError: `num_workers`, `batch_size`, `num_epoch` or `communication_window`
-            is not a positive integer (the window may also be `math.inf`), or an
-            algorithm argument is out of range (see each trainer).
+            is not a positive integer (the window may also be `math.inf`), an
+            algorithm argument is out of range (see each trainer), `dtype_policy` is
+            not a mixed policy, or `worker_memory` is not a size.
     """
 
     #: local steps between exchanges when ``communication_window`` is not given
@@ -135,7 +163,8 @@ class Trainer:
                  seed: int | None = None, shuffle: bool = True,
                  server_config: ServerConfig | None = None, server_host: str | None = None,
                  checkpoint_path: str | None = None, checkpoint_every: int = 0,
-                 checkpoint_seconds: float = 0.0):
+                 checkpoint_seconds: float = 0.0, dtype_policy: str | None = None,
+                 worker_memory: int | str = WORKER_MEMORY):
         self.keras_model = keras_model
         self.worker_optimizer = worker_optimizer
         self.loss = loss
@@ -151,6 +180,8 @@ class Trainer:
         self.verbose = int(verbose)
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         self.shuffle = bool(shuffle)
+        self.dtype_policy = check_policy(dtype_policy)
+        self.worker_memory = parse_size(worker_memory, "worker_memory")
         self.server_config = dataclasses.replace(
             server_config or ServerConfig(),
             **({"checkpoint_path": checkpoint_path, "checkpoint_every": int(checkpoint_every),
@@ -278,7 +309,9 @@ class Trainer:
         server, address, token = self._start_server(job, layout, center, resumed, rows)
         spec = WorkerSpec(bp, self.algorithm, plan, layout, address, token,
                           self.batch_size, self.num_epoch, self.communication_window,
-                          self.exchange_each_epoch, self.returns_replicas, shuffle, server.seed)
+                          self.exchange_each_epoch, self.returns_replicas, shuffle, server.seed,
+                          backend=driver_backend(), dtype_policy=self.dtype_policy,
+                          worker_memory=self.worker_memory)
         progress = Progress(server.history, rows, self.num_epoch, self.verbose,
                             name=type(self).__name__)
         ends = EpochEnds(server, bp.build(), self._callbacks(callbacks, validation_data,
@@ -293,6 +326,9 @@ class Trainer:
                 progress.show()
                 ends.process()
             self.worker_reports = job.reports()
+            for report in self.worker_reports:  # where each worker ran, as the server saw it
+                report["address"] = server.history.address_of(report["worker"],
+                                                               report["attempt"])
             ends.process()
         except BaseException as error:
             job.cancel()
@@ -309,7 +345,8 @@ class Trainer:
         self._training_time = time.time() - started
         self._say(f"distkeras: trained in {self._training_time:.1f}s, "
                   f"{self.history.samples_applied:,} samples applied in "
-                  f"{len(self.history.commits):,} commits")
+                  f"{len(self.history.commits):,} commits; "
+                  f"{where_workers_ran(self.worker_reports)}")
         return model
 
     # ---- the steps of a run -------------------------------------------------------------
@@ -371,8 +408,15 @@ class Trainer:
     def _failure(server: ParameterServer, error: BaseException) -> BaseException:
         """What the caller sees when the run fails: the server's reason, else the worker's
         own exception, else the error itself."""
+        lost = _lost_executor(error)
+        if lost and not server.error and server.algorithm.synchronous:
+            # Spark may fail the barrier stage before the server sees the lost worker's
+            # connection drop: a moment for it, so that the error names the worker
+            deadline = time.monotonic() + 5.0
+            while not server.error and time.monotonic() < deadline:
+                time.sleep(0.05)
         if server.error:
-            return TrainingAborted(server.error)
+            return TrainingAborted(server.error + (f" (Spark: {lost})" if lost else ""))
         own = worker_exception(error)
         return own if own is not None else error
 
@@ -392,6 +436,15 @@ class Trainer:
 if Trainer.__doc__:  # None under python -OO
     Trainer.__doc__ = Trainer.__doc__.replace(
         "{{shared_args}}", textwrap.indent(_SHARED_ARGS, " " * 8).strip())
+
+
+def _lost_executor(error: BaseException) -> str | None:
+    """Spark's reason when a job failed because an executor was lost (its machine or
+    process died), else None."""
+    if not isinstance(error, Exception):
+        return None
+    return next((line.strip() for line in str(error).splitlines()
+                 if "ExecutorLostFailure" in line), None)
 
 
 class SingleTrainer(Trainer):

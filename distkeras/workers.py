@@ -18,10 +18,16 @@ import numpy as np
 
 from . import protocol as wire
 from .algorithms import Algorithm
+from .backends import current_backend
 from .data import ColumnPlan
+from .devices import Placement, place
 from .errors import StopTraining, WorkerError  # noqa: F401 - also importable from here
+from .memory import WORKER_MEMORY, PeakRSS, parse_size, rss
+from .precision import policy_of
 from .rendezvous import EXCHANGE, batch_schedule
+from .rows import Order, RowSource, collect
 from .shared_memory import Segment
+from .spill import SpillDir, run_id
 
 if TYPE_CHECKING:  # the model code (Keras, TensorFlow) is imported only where it runs
     from .models import ModelBlueprint
@@ -35,7 +41,14 @@ class ServerLink:
                  shared_memory: bool = True):
         self.layout = layout
         self.worker = worker
-        self._sock = wire.connect(address, timeout=timeout)
+        try:
+            self._sock = wire.connect(address, timeout=timeout)
+        except ConnectionError as error:
+            raise ConnectionError(
+                f"worker {worker}: {error}. Executors connect to the address the driver "
+                f"advertises: set spark.driver.host (or the trainer's server_host) to an "
+                f"address of the driver that every executor can reach, and let them through "
+                f"any firewall to that port (ServerConfig(port=...) fixes it)") from None
         self._io = threading.Lock()  # one request at a time (the keep-alive thread too)
         self._reply = bytearray(wire.REPLY.size)
         self._inbox = np.empty(layout.num_params, dtype=wire.DTYPE)
@@ -197,34 +210,51 @@ class WorkerSpec:
     return_weights: bool  # send the replica's final weights back with the task result
     shuffle: bool
     seed: int
+    backend: str = "tensorflow"  # the driver's Keras backend, applied before Keras loads
+    dtype_policy: str | None = None  # e.g. "mixed_bfloat16": the replicas' compute precision
+    # bytes of rows a worker holds; a larger partition is spilled to local disk (rows.py)
+    worker_memory: int = parse_size(WORKER_MEMORY)
 
 
 def batch_order(spec: WorkerSpec, partition: int, epoch: int, rows: int) -> np.ndarray:
-    """Deterministic per (seed, partition, epoch): a retried task sees the same batches."""
-    if not spec.shuffle:
-        return np.arange(rows)
-    return np.random.default_rng([spec.seed, partition, epoch]).permutation(rows)
+    """Deterministic per (seed, partition, epoch): a retried task sees the same batches
+    (the order of a partition held in memory; see :class:`distkeras.rows.Order`)."""
+    return Order(spec.seed, partition, spec.shuffle).rows(epoch, rows)
 
 
-def _take(arrays: list[np.ndarray], index: np.ndarray):
-    taken = [a[index] for a in arrays]
-    return taken[0] if len(taken) == 1 else taken
+def partition_rows(spec: WorkerSpec, partition: int, chunks: Iterator[list[np.ndarray]],
+                   spill: SpillDir) -> RowSource:
+    """The partition's rows (``chunks`` as they arrive) in memory, or spilled to ``spill``
+    when they exceed ``spec.worker_memory``."""
+    return collect(spec.plan, chunks, spec.worker_memory, spill,
+                   Order(spec.seed, partition, spec.shuffle))
 
 
 def train_partition(spec: WorkerSpec, partition: int,
-                    load: Callable[[], tuple[list[np.ndarray], list[np.ndarray]]],
-                    attempt: int = 0, started: float | None = None) -> dict[str, Any]:
+                    load: Callable[[], RowSource],
+                    attempt: int = 0, started: float | None = None,
+                    placement: Placement | None = None) -> dict[str, Any]:
     """Train a replica on one partition; return what this worker did.
 
-    The worker says hello to the parameter server first, then loads its partition (``load``)
-    and builds the model while a keep-alive thread speaks for it, so a task that cannot
-    reach the server fails at once and a slow start is not taken for a hang."""
+    The worker says hello to the parameter server first, then builds the model and reads its
+    partition (``load``: a :class:`~distkeras.rows.RowSource`, in memory or spilled) while a
+    keep-alive thread speaks for it, so a task that cannot reach the server fails at once
+    and a slow start is not taken for a hang. The model comes first so that the resident
+    memory measured before the rows arrive (``base_rss``) holds the backend and the model,
+    and ``peak_rss`` minus it is what the rows and training added. ``placement``:
+    the task's device (see devices.py), made here when the caller did not make it before
+    Keras could initialise."""
     started = time.time() if started is None else started
+    memory = PeakRSS().start()  # this task's peak, not the reused Python worker's
+    placement = placement if placement is not None else place(partition)
+    device = contextlib.ExitStack()  # the device scope, open until the replica is done
     link = ServerLink(spec.address, spec.token, spec.layout, partition, attempt)
     resume_after, transport = link.cursor, link.transport
     window = {"steps": 0, "loss": 0.0, "samples": 0}
     done = {"commits": 0, "samples": 0}
     first_batch_at, model, num_rows = None, None, 0
+    source: RowSource | None = None
+    base_rss = peak_rss = None
 
     def commit(step) -> None:
         _exchange(spec, model, link, w, w0, window["steps"], window["loss"], window["samples"],
@@ -235,17 +265,19 @@ def train_partition(spec: WorkerSpec, partition: int,
 
     try:
         with link.keepalive():
-            xs, ys = load()
+            device.enter_context(placement.scope())
             model = spec.blueprint.build(
-                spec.algorithm.worker_optimizer(spec.blueprint.optimizer))
-        num_rows = len(xs[0]) if xs else 0
+                spec.algorithm.worker_optimizer(spec.blueprint.optimizer), spec.dtype_policy)
+            base_rss = rss()
+            source = load()
+        num_rows = source.rows
         w0 = link.pull().copy()
         w = w0.copy()
         model.set_weights(spec.layout.unflatten(w))
         steps = batch_schedule(num_rows, spec.batch_size, spec.num_epoch, spec.window,
                                spec.exchange_each_epoch,
-                               lambda epoch: batch_order(spec, partition, epoch, num_rows),
-                               resume_after)
+                               # positions in the epoch's order: the source maps them to rows
+                               lambda epoch: range(num_rows), resume_after)
         for step in steps:
             link.epoch = step.epoch
             if step.kind == EXCHANGE:
@@ -253,7 +285,7 @@ def train_partition(spec: WorkerSpec, partition: int,
                 continue
             # the first step compiles, which may take long: the keep-alive speaks meanwhile
             with link.keepalive() if first_batch_at is None else contextlib.nullcontext():
-                loss = model.train_on_batch(_take(xs, step.rows), _take(ys, step.rows))
+                loss = model.train_on_batch(*source.take(step.epoch, step.rows))
             first_batch_at = first_batch_at or time.time()
             loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
             if not math.isfinite(loss):
@@ -268,14 +300,23 @@ def train_partition(spec: WorkerSpec, partition: int,
     except StopTraining:
         pass  # the driver ended training early (early stopping): leave cleanly
     finally:
+        if source is not None:
+            source.close()
+        device.close()
         link.close()
+        peak_rss = memory.stop()
     commits, trained = done["commits"], done["samples"]
     return {"worker": partition, "attempt": attempt, "rows": num_rows, "commits": commits,
             "weights": spec.layout.flatten(model.get_weights())
             if spec.return_weights and model is not None else None,
             "samples": trained, "resumed_after": resume_after, "started": started,
             "first_batch": first_batch_at, "finished": time.time(), "host": socket.gethostname(),
-            "pid": os.getpid(), "transport": transport}
+            "pid": os.getpid(), "transport": transport, "backend": current_backend(),
+            "gpu_addresses": list(placement.gpu_addresses),
+            "devices": placement.devices(model) if model is not None else [],
+            "dtype_policy": policy_of(model) if model is not None else None,
+            "peak_rss": peak_rss, "base_rss": base_rss,
+            "spilled": source.spilled if source is not None else 0}
 
 
 def _fail(link: ServerLink, message: str) -> None:
@@ -296,13 +337,21 @@ def _exchange(spec: WorkerSpec, model, link: ServerLink, w: np.ndarray, w0: np.n
     model.set_weights(spec.layout.unflatten(w))
 
 
+#: a task's attempt as the server orders them: stage attempt x this + task attempt
+STAGE_ATTEMPT = 1000
+
+
 def _attempt() -> tuple[int, int]:
+    """(partition, attempt). Spark numbers task attempts from 0 again when it resubmits a
+    stage (after losing an executor's output, or a barrier stage), so a task of a newer stage
+    attempt must outrank a late task of the older one: the attempt counts stages first."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
     if context is None:
         return 0, 0
-    return context.partitionId(), context.attemptNumber()
+    return (context.partitionId(),
+            context.stageAttemptNumber() * STAGE_ATTEMPT + context.attemptNumber())
 
 
 #: one row per worker, what a Spark task hands back to the driver: (name, Spark SQL type)
@@ -310,6 +359,11 @@ REPORT_FIELDS = (("worker", "int"), ("attempt", "int"), ("rows", "bigint"),
                  ("commits", "bigint"), ("samples", "bigint"), ("resumed_after", "bigint"),
                  ("started", "double"), ("first_batch", "double"), ("finished", "double"),
                  ("host", "string"), ("pid", "bigint"), ("transport", "string"),
+                 ("backend", "string"), ("gpu_addresses", "array<string>"),
+                 ("devices", "array<string>"), ("dtype_policy", "string"),
+                 # resident bytes: the task's peak, and before its rows arrived (model built)
+                 ("peak_rss", "bigint"), ("base_rss", "bigint"),
+                 ("spilled", "bigint"),  # bytes of its spill file (0: rows held in memory)
                  ("weights", "binary"))
 REPORT_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in REPORT_FIELDS)
 
@@ -318,26 +372,37 @@ def _arrow_report_schema():
     import pyarrow as pa
 
     kinds = {"int": pa.int32(), "bigint": pa.int64(), "double": pa.float64(),
-             "string": pa.string(), "binary": pa.binary()}
+             "string": pa.string(), "binary": pa.binary(),
+             "array<string>": pa.list_(pa.string())}
     return pa.schema([(name, kinds[kind]) for name, kind in REPORT_FIELDS])
 
 
-def run_arrow_task(spec: WorkerSpec, batches: Iterator) -> Iterator:
-    """Entry point for ``DataFrame.mapInArrow``: record batches in, one report batch out."""
+def run_arrow_task(spec: WorkerSpec, batches: Iterator,
+                   placement: Placement | None = None) -> Iterator:
+    """Entry point for ``DataFrame.mapInArrow``: record batches in, one report batch out.
+    ``placement``: the task's device, made before anything could initialise Keras."""
     import pyarrow as pa
 
     started = time.time()
     partition, attempt = _attempt()
-    report = train_partition(spec, partition, lambda: spec.plan.arrow_to_numpy(batches),
-                             attempt, started)
+    with SpillDir(run_id(spec.token), partition) as spill:
+        report = train_partition(
+            spec, partition,
+            lambda: partition_rows(spec, partition, spec.plan.arrow_chunks(batches), spill),
+            attempt, started, placement)
     weights = report.pop("weights")
     report["weights"] = None if weights is None else weights.tobytes()
     yield pa.RecordBatch.from_pylist([report], schema=_arrow_report_schema())
 
 
-def run_rdd_task(spec: WorkerSpec, partition: int, rows: Iterator) -> Iterator[dict]:
+def run_rdd_task(spec: WorkerSpec, partition: int, rows: Iterator,
+                 placement: Placement | None = None) -> Iterator[dict]:
     """Entry point for ``RDD.mapPartitionsWithIndex`` over ``(features, label)`` pairs."""
     started = time.time()
     _, attempt = _attempt()
-    yield train_partition(spec, partition, lambda: spec.plan.rows_to_numpy(rows), attempt,
-                          started)
+    with SpillDir(run_id(spec.token), partition) as spill:
+        report = train_partition(
+            spec, partition,
+            lambda: partition_rows(spec, partition, spec.plan.row_chunks(rows), spill),
+            attempt, started, placement)
+    yield report

@@ -31,6 +31,8 @@ MODULES = [
     ("distkeras.evaluators", "scoring predictions in Spark", None),
     ("distkeras.ml", "a trainer as a Spark ML Estimator", None),
     ("distkeras.spark", "Spark sessions and where the driver is reached", None),
+    ("distkeras.devices", "the GPU each Spark task runs on (docs/cluster.md)",
+     ["Placement", "place", "model_devices", "visible_gpus"]),
     ("distkeras.parameter_server", "the parameter server's settings",
      ["ServerConfig", "ParameterServer"]),
     ("distkeras.checkpoint", "saving and resuming the centre variable", None),

@@ -14,6 +14,7 @@ import threading
 import time
 
 import numpy as np
+from helpers import spill_leftovers
 
 SETTINGS = {
     "DOWNPOUR": {"communication_window": 5},
@@ -24,6 +25,8 @@ SETTINGS = {
     "EAMSGD": {"communication_window": 4, "learning_rate": 0.02},
     "AveragingTrainer": {"communication_window": 10},
     "EASGD": {"communication_window": 4},
+    # ADAG whose workers spill: each partition (2,000 rows) is 4x worker_memory
+    "ADAG-spill": {"communication_window": 3, "worker_memory": 2000 * (784 + 1) * 4 // 4},
 }
 
 
@@ -51,21 +54,23 @@ def kill_worker_mid_training(trainer, worker: int, after_commits: int, killed: l
 
 
 def diverging_run(spark, x, y) -> dict:
-    """Features so large that the loss is NaN at the first batch: a retry would fail the
-    same way, so the run must stop at the first failure, not after Spark's retries."""
+    """A learning rate so large that the loss is NaN from the second batch on (on every
+    backend): a retry would fail the same way, so the run must stop at the first failure,
+    not after Spark's retries."""
+    import keras
     from pyspark.ml.linalg import Vectors
 
     import distkeras
 
-    huge = spark.createDataFrame([(Vectors.dense(r * 1e30), int(v))
+    data = spark.createDataFrame([(Vectors.dense(r), int(v))
                                   for r, v in zip(x[:400], y[:400])], ["features", "label"])
-    trainer = distkeras.DOWNPOUR(mlp(), worker_optimizer="sgd",
+    trainer = distkeras.DOWNPOUR(mlp(), worker_optimizer=keras.optimizers.SGD(1e30),
                                  loss="categorical_crossentropy", num_workers=2,
                                  batch_size=32, num_epoch=2, verbose=0, seed=7)
     started = time.monotonic()
     result = {"trainer": "NaN"}
     try:
-        trainer.train(huge)
+        trainer.train(data)
     except Exception as error:  # noqa: BLE001 - reported to the test
         result["error"] = f"{type(error).__name__}: {str(error)[:2000]}"
     result.update(seconds=time.monotonic() - started,
@@ -103,7 +108,7 @@ def main() -> None:
         if name == "NaN":
             print(json.dumps(diverging_run(spark, x, y)), flush=True)
             continue
-        trainer = getattr(distkeras, name)(mlp(), worker_optimizer="adam",
+        trainer = getattr(distkeras, name.split("-")[0])(mlp(), worker_optimizer="adam",
                                            loss="categorical_crossentropy", num_workers=2,
                                            batch_size=32, num_epoch=args.epochs, verbose=0,
                                            seed=7, **SETTINGS[name])
@@ -122,6 +127,8 @@ def main() -> None:
                                         for r in trainer.worker_reports)
             result["resumed_after"] = {r["worker"]: r["resumed_after"]
                                        for r in trainer.worker_reports}
+            result["spilled"] = {r["worker"]: r["spilled"] for r in trainer.worker_reports}
+            result["spill_leftovers"] = spill_leftovers(spark)
         except Exception as error:  # noqa: BLE001 - reported to the test
             result["error"] = f"{type(error).__name__}: {str(error)[:2000]}"
         killer.join(timeout=5)

@@ -4,12 +4,19 @@ conftest.py; what is here is imported by name."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hosts import wait_for_log  # noqa: F401 - one log-waiting helper for every cluster test
 
 from distkeras.workers import ServerLink
 
@@ -134,3 +141,105 @@ def wait_for(condition, timeout=30.0, interval=0.01):
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+# ---- a Spark standalone cluster in separate processes (pip pyspark's spark-class) ----------
+def group_alive(pgid: int) -> list[int]:
+    """Pids of live (not zombie) processes in process group ``pgid``."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(entry.name))
+    return alive
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group we started (the JVM and whatever it launched), then KILL."""
+    pgid = process.pid  # start_new_session: the group id is the leader's pid
+    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        if not group_alive(pgid):
+            break
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.3)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def cluster_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a cluster's daemons and of a driver subprocess: this interpreter for
+    the Python workers, loopback addresses, nothing of this test session's own gateway."""
+    env = dict(os.environ)
+    for key in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_HOME"):
+        env.pop(key, None)
+    env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+               SPARK_LOCAL_IP="127.0.0.1", SPARK_WORKER_DIR=str(tmp_path / "work"),
+               SPARK_LOCAL_DIRS=str(tmp_path / "local"), TF_CPP_MIN_LOG_LEVEL="2")
+    return env
+
+
+@contextlib.contextmanager
+def standalone_cluster(tmp_path: Path, cores: int = 2, memory: str = "2g",
+                       worker_opts: str = ""):
+    """A Spark standalone master and one worker (``SPARK_WORKER_OPTS=worker_opts``, e.g. the
+    worker's resources), each in its own process group; yields the master's URL. Every
+    process is stopped when the block ends, and the block fails if one is left running."""
+    import pyspark
+
+    spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
+    env = cluster_env(tmp_path)
+    processes: list[subprocess.Popen] = []
+
+    def launch(name: str, *args: str, **extra: str) -> subprocess.Popen:
+        with open(tmp_path / f"{name}.log", "wb") as out:
+            process = subprocess.Popen([str(spark_class), *args], env={**env, **extra},
+                                       stdout=out, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, cwd=tmp_path,
+                                       start_new_session=True)
+        processes.append(process)
+        return process
+
+    port = free_port()
+    url = f"spark://127.0.0.1:{port}"
+    try:
+        master = launch("master", "org.apache.spark.deploy.master.Master", "--host",
+                        "127.0.0.1", "--port", str(port), "--webui-port", str(free_port()))
+        wait_for_log(tmp_path / "master.log", "I have been elected leader", master, 120)
+        (tmp_path / "work0").mkdir(exist_ok=True)
+        worker = launch("worker", "org.apache.spark.deploy.worker.Worker", url, "--host",
+                        "127.0.0.1", "--cores", str(cores), "--memory", memory,
+                        "--webui-port", str(free_port()), "--work-dir", str(tmp_path / "work0"),
+                        SPARK_WORKER_OPTS=worker_opts)
+        wait_for_log(tmp_path / "worker.log", "Successfully registered with master", worker,
+                     120)
+        yield url
+    finally:
+        for process in reversed(processes):
+            stop_group(process)
+    leftovers = {p.pid: group_alive(p.pid) for p in processes}
+    assert not any(leftovers.values()), f"processes left running: {leftovers}"
+
+
+def spill_leftovers(spark) -> list[str]:
+    """Spill directories of distkeras workers in the executor's local directories (asked of
+    a task: Spark gives its Python workers ``SPARK_LOCAL_DIRS``); none once training ended."""
+    import glob
+
+    from distkeras.spill import PREFIX
+
+    dirs = spark.sparkContext.parallelize([0], 1).map(
+        lambda _: os.environ.get("SPARK_LOCAL_DIRS", "")).collect()[0]
+    return [path for root in dirs.split(",") if root
+            for path in glob.glob(os.path.join(root, PREFIX + "*"))]

@@ -223,3 +223,43 @@ def test_each_output_gets_its_own_loss_when_planning_labels(spark):
                  {"size": "mse", "digit": keras.losses.SparseCategoricalCrossentropy()}):
         plan = plan_columns(df, "features", ["label", "size"], model, loss)
         assert [(c.shape, c.one_hot) for c in plan.labels] == [((), 0), ((1,), 0)]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+@pytest.mark.parametrize("kind", ["vector", "array"])
+def test_infinite_features_are_refused_naming_the_column(spark, kind, value):
+    from pyspark.ml.linalg import Vectors, VectorUDT
+    from pyspark.sql import types as T
+
+    rows = [[0.5] * WIDTH for _ in range(7)] + [[0.5, value, 0.5, 0.5]]
+    if kind == "vector":
+        df = frame(spark, [(Vectors.dense(r), 1) for r in rows], VectorUDT(), T.LongType())
+    else:
+        df = frame(spark, [(r, 1) for r in rows], array_of(T.DoubleType), T.LongType())
+    assert_refused(df, r"'features'.*1 row.*(NaN|inf)")
+
+
+@pytest.mark.parametrize("kind", ["vector", "array"])
+def test_one_hot_label_columns_train_and_a_wrong_width_is_named(spark, kind):
+    from pyspark.ml.linalg import Vectors, VectorUDT
+    from pyspark.sql import types as T
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(64, WIDTH))
+    classes = (x[:, 0] > 0).astype(int) + 2 * (x[:, 1] > 0).astype(int)
+
+    def label(c, width=CLASSES):
+        one_hot = np.eye(width)[c].tolist()
+        return Vectors.dense(one_hot) if kind == "vector" else one_hot
+
+    label_type = VectorUDT() if kind == "vector" else array_of(T.DoubleType)
+    df = frame(spark, [(r.tolist(), label(c)) for r, c in zip(x, classes)],
+               array_of(T.DoubleType), label_type)
+    trainer = make_trainer()
+    trainer.train(df)  # one-hot labels go to the categorical loss as they are
+    assert trainer.history.samples_applied == 64
+    narrow = frame(spark, [(r.tolist(), label(c, 4)) for r, c in zip(x, classes)],
+                   array_of(T.DoubleType), label_type)
+    with pytest.raises(DataError, match=r"'label'.*10.*4"):
+        make_trainer().train(narrow)
+    assert not server_threads()

@@ -46,9 +46,10 @@ def test_higgs_example():
     out, accuracy = run([sys.executable, "examples/higgs.py", "--rows", "20000", "--epochs",
                          "1", "--workers", "2", "--trainer", "DOWNPOUR"], timeout=330)
     assert "2,000 held-out rows" in out
-    # chance is the majority class (about 0.55); one small epoch already does better
+    # the majority class is about 0.55 and a logistic regression on these features about
+    # 0.74; one epoch of DOWNPOUR over 18,000 rows reached 0.734 when this bar was set
     majority = float(re.search(r"majority class (\d\.\d+)", out).group(1))
-    assert accuracy > majority, out
+    assert majority < 0.6 and accuracy >= 0.70, out
 
 
 @pytest.mark.timeout(360)
@@ -56,7 +57,7 @@ def test_mnist_example():
     out, accuracy = run([sys.executable, "examples/mnist.py", "--epochs", "1", "--workers",
                          "2"], timeout=330)
     assert "1000 held-out digits" in out
-    assert accuracy > 0.5, out
+    assert accuracy >= 0.75, out  # one epoch of ADAG over 4,000 digits reached 0.844
 
 
 @pytest.mark.timeout(360)
@@ -64,7 +65,10 @@ def test_higgs_example_under_spark_submit():
     import pyspark
 
     submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
-    out, _ = run([str(submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
-                  "examples/higgs.py", "--rows", "5000", "--epochs", "1", "--workers", "2",
-                  "--trainer", "AveragingTrainer", "--test-rows", "500"], timeout=330)
+    out, accuracy = run([str(submit), "--master", "local[2]", "--conf",
+                         "spark.ui.enabled=false", "examples/higgs.py", "--rows", "5000",
+                         "--epochs", "1", "--workers", "2", "--trainer", "AveragingTrainer",
+                         "--test-rows", "500"], timeout=330)
     assert "AveragingTrainer: test accuracy" in out and "500 held-out rows" in out
+    # the run learned (0.684 when this bar was set; the majority class is about 0.56)
+    assert accuracy >= 0.62, out

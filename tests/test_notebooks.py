@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -34,6 +35,26 @@ for entry in os.listdir("/proc"):
 print("CHECK " + json.dumps({"active": SparkContext._active_spark_context is not None,
                              "jvms": children}))
 """
+
+
+def _getting_started(shown: str) -> list[tuple[str, float]]:
+    found = re.findall(r"held-out accuracy: (\d\.\d+)", shown)
+    assert len(found) == 1, shown[-3000:]
+    return [("ADAG", float(found[0]))]
+
+
+def _choosing_an_algorithm(shown: str) -> list[tuple[str, float]]:
+    # the comparison table: one row per candidate, its held-out accuracy after the name
+    rows = re.findall(r"^(DOWNPOUR|ADAG|AEASGD|AveragingTrainer)\s+(\d\.\d+)", shown,
+                      re.MULTILINE)
+    assert sorted(name for name, _ in rows) == ["ADAG", "AEASGD", "AveragingTrainer",
+                                                "DOWNPOUR"], shown[-3000:]
+    return [(name, float(accuracy)) for name, accuracy in rows]
+
+
+#: per notebook: the accuracies its outputs show, each of which must reach the bar
+KEY_OUTPUTS = {"getting_started": _getting_started,
+               "choosing_an_algorithm": _choosing_an_algorithm}
 
 
 def test_there_are_notebooks():
@@ -84,6 +105,11 @@ def test_notebook_runs(path):
     images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
               if "image/png" in o.get("data", {})]
     assert images, "no figure was displayed"
+    shown = "\n".join(o.get("text", "") or o.get("data", {}).get("text/plain", "")
+                      for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "4000 training rows; 1000 held out" in shown
+    for name, accuracy in KEY_OUTPUTS[path.stem](shown):  # what the notebook is there to show
+        assert accuracy >= 0.8, (path.name, name, accuracy, shown[-3000:])
     # the kernel is gone now; the JVM it started follows it within seconds
     deadline = time.monotonic() + 60
     while any(alive(pid) for pid in check["jvms"]) and time.monotonic() < deadline:

@@ -223,24 +223,27 @@ def test_slow_handshake_is_cut_off():
         sock.close()
 
 
-def test_connection_flood_is_bounded():
-    # the handshake deadline outlasts the test: the 4 connections the server takes stay open
+@pytest.mark.parametrize("max_connections, num_workers, limit",
+                         [(4, 1, 4), (None, 3, 4 * 3 + 8)])  # the default: 4 per worker + 8
+def test_connection_flood_is_bounded(max_connections, num_workers, limit):
+    # the handshake deadline outlasts the test: the connections the server takes stay open
     # (waiting for a hello), so every rejection counted is a refusal at accept
-    config = ServerConfig(max_connections=4, handshake_timeout=120)
-    with running_server(algorithms.DOWNPOUR(), np.zeros(4), config=config) as (server, *_):
-        socks = [open_raw(server) for _ in range(12)]
+    config = ServerConfig(max_connections=max_connections, handshake_timeout=120)
+    with running_server(algorithms.DOWNPOUR(), np.zeros(4), num_workers=num_workers,
+                        config=config) as (server, *_):
+        socks = [open_raw(server) for _ in range(limit + 8)]
         most = 0
 
         def all_accepted_or_refused():
             nonlocal most
             most = max(most, len(server._connections))
-            return server.rejected_connections >= 8 and len(server._connections) >= 4
+            return server.rejected_connections >= 8 and len(server._connections) >= limit
 
         try:
             assert wait_for(all_accepted_or_refused), \
                 (len(server._connections), server.rejected_connections)
-            assert len(server._connections) == 4 and server.rejected_connections == 8
-            assert most <= 4  # at no time more than max_connections
+            assert len(server._connections) == limit and server.rejected_connections == 8
+            assert most <= limit  # at no time more than max_connections
         finally:
             for s in socks:
                 s.close()

@@ -10,15 +10,12 @@ off, so that the weights cross TCP as they do on a multi-host cluster.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import cluster_env, free_port, group_alive, stop_group, wait_for_log
 
 pytestmark = pytest.mark.slow
 
@@ -88,63 +85,12 @@ spark.stop()
 '''
 
 
-def wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            break
-        time.sleep(0.5)
-    log = path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
-    raise AssertionError(f"'{text}' not in {path.name} after {timeout}s:\n{log}")
-
-
-def group_alive(pgid: int) -> list[int]:
-    """Pids of live (not zombie) processes in process group ``pgid``."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(entry.name))
-    return alive
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM the process group we started (the JVM and whatever it launched), then KILL."""
-    pgid = process.pid  # start_new_session: the group id is the leader's pid
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        if not group_alive(pgid):
-            break
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        while group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.3)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 @pytest.mark.timeout(420)
 def test_training_on_a_standalone_cluster(tmp_path):
     import pyspark
 
     spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
-    env = dict(os.environ)
-    for key in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_HOME"):
-        env.pop(key, None)
-    env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
-               SPARK_LOCAL_IP="127.0.0.1", SPARK_WORKER_DIR=str(tmp_path / "work"),
-               SPARK_LOCAL_DIRS=str(tmp_path / "local"), TF_CPP_MIN_LOG_LEVEL="2")
+    env = cluster_env(tmp_path)
     port, ui = free_port(), free_port()
     url = f"spark://127.0.0.1:{port}"
     processes: list[subprocess.Popen] = []
@@ -163,7 +109,7 @@ def test_training_on_a_standalone_cluster(tmp_path):
     try:
         master = launch("master", "org.apache.spark.deploy.master.Master", "--host",
                         "127.0.0.1", "--port", str(port), "--webui-port", str(ui))
-        wait_for(tmp_path / "master.log", "I have been elected leader", master, 120)
+        wait_for_log(tmp_path / "master.log", "I have been elected leader", master, 120)
         workers = []
         for i in range(2):
             (tmp_path / f"work{i}").mkdir()
@@ -172,7 +118,7 @@ def test_training_on_a_standalone_cluster(tmp_path):
                                   "--webui-port", str(free_port()),
                                   "--work-dir", str(tmp_path / f"work{i}")))
         for i, worker in enumerate(workers):
-            wait_for(tmp_path / f"worker{i}.log", "Successfully registered with master",
+            wait_for_log(tmp_path / f"worker{i}.log", "Successfully registered with master",
                      worker, 120)
 
         script = tmp_path / "driver.py"

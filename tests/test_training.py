@@ -39,6 +39,8 @@ TRAINERS = {
 @pytest.mark.parametrize("name", list(TRAINERS))
 def test_trainer_reaches_model_fit_accuracy(name, digits_df, digits,
                                             reference_accuracy):  # noqa: F811
+    import keras
+
     _, _, xt, yt = digits
     cls = distkeras.DOWNPOUR if name == "Hogwild" else getattr(distkeras, name)
     trainer = cls(mlp(), worker_optimizer="adam", loss="categorical_crossentropy",
@@ -51,6 +53,8 @@ def test_trainer_reaches_model_fit_accuracy(name, digits_df, digits,
     assert trainer.history.samples_applied == 4000 * EPOCHS
     workers = {r.worker for r in trainer.history.commits}
     assert workers == set(range(trainer.num_workers))
+    # the workers ran the driver's Keras backend (make test runs this under two backends)
+    assert {r["backend"] for r in trainer.worker_reports} == {keras.backend.backend()}
     assert trainer.get_training_time() > 0
     assert not server_threads()
 

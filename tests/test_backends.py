@@ -1,0 +1,87 @@
+"""The driver's Keras backend is the workers' backend, whatever the executors' environment
+says; a task that cannot run it fails naming the backend and what to install."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from distkeras.backends import use_backend
+from distkeras.errors import BackendError
+
+pytestmark = pytest.mark.timeout(300)
+
+# the executors inherit KERAS_BACKEND=tensorflow from the environment the JVM started in; the
+# driver then imports Keras on JAX: every task must train on JAX
+DRIVER = r'''
+import json, os
+os.environ["KERAS_BACKEND"] = "tensorflow"
+from distkeras import local_session
+spark = local_session(2, app_name="distkeras-backend-test")
+os.environ["KERAS_BACKEND"] = "jax"
+import keras
+import numpy as np
+import distkeras
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(400, 8)).astype(np.float32)
+y = (x[:, 0] > 0).astype(np.int64)
+df = spark.createDataFrame([(r.tolist(), int(v)) for r, v in zip(x, y)], ["features", "label"])
+model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
+trainer = distkeras.DOWNPOUR(model, worker_optimizer=keras.optimizers.Adam(0.05),
+                             loss="sparse_categorical_crossentropy",
+                             num_workers=2, num_epoch=3, verbose=0)
+trained = trainer.train(df)
+predicted = distkeras.ModelPredictor(trained).predict(df).select("prediction").collect()
+print("RESULT " + json.dumps({
+    "driver": keras.backend.backend(),
+    "workers": sorted(r["backend"] for r in trainer.worker_reports),
+    "samples": trainer.history.samples_applied,
+    "accuracy": float((trained.predict(x, verbose=0).argmax(1) == y).mean()),
+    "predicted": len(predicted)}))
+spark.stop()
+'''
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_tasks_train_on_the_drivers_backend_not_their_environments():
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    done = subprocess.run([sys.executable, "-c", DRIVER], capture_output=True, text=True,
+                          timeout=240, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["driver"] == "jax"
+    assert result["workers"] == ["jax", "jax"]
+    assert result["samples"] == 400 * 3
+    assert result["accuracy"] > 0.9
+    assert result["predicted"] == 400  # prediction tasks load the model on JAX too
+
+
+def test_a_process_running_another_backend_is_refused_with_the_way_out():
+    import keras
+
+    running = keras.backend.backend()
+    other = "jax" if running != "jax" else "tensorflow"
+    use_backend(running)  # the same backend: nothing to do
+    with pytest.raises(BackendError, match=rf"already runs Keras on '{running}'.*'{other}'"
+                                           rf".*spark\.python\.worker\.reuse=false"):
+        use_backend(other)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None,
+                    reason="torch is installed: its absence cannot be shown")
+def test_a_backend_the_executor_cannot_import_is_named_with_what_to_install():
+    code = ("from distkeras.backends import use_backend\n"
+            "try:\n    use_backend('torch')\n"
+            "except Exception as error:\n    print(type(error).__name__, error)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.startswith("BackendError"), done.stderr[-2000:]
+    assert "Keras backend 'torch'" in done.stdout and "install torch" in done.stdout
+    assert sys.executable in done.stdout  # which Python lacks it
