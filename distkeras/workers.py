@@ -337,21 +337,13 @@ def _exchange(spec: WorkerSpec, model, link: ServerLink, w: np.ndarray, w0: np.n
     model.set_weights(spec.layout.unflatten(w))
 
 
-#: a task's attempt as the server orders them: stage attempt x this + task attempt
-STAGE_ATTEMPT = 1000
-
-
 def _attempt() -> tuple[int, int]:
-    """(partition, attempt). Spark numbers task attempts from 0 again when it resubmits a
-    stage (after losing an executor's output, or a barrier stage), so a task of a newer stage
-    attempt must outrank a late task of the older one: the attempt counts stages first."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
     if context is None:
         return 0, 0
-    return (context.partitionId(),
-            context.stageAttemptNumber() * STAGE_ATTEMPT + context.attemptNumber())
+    return context.partitionId(), context.attemptNumber()
 
 
 #: one row per worker, what a Spark task hands back to the driver: (name, Spark SQL type)
