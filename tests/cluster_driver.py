@@ -79,8 +79,9 @@ def train(spark, df, test, run: dict) -> dict:
     result: dict = {"name": run.get("name", run["trainer"])}
     disturbed: list = []
     run["_started"] = time.monotonic()
+    disturber = threading.Thread(target=disturb, args=(trainer, run, disturbed), daemon=True)
     if "kill_namespace_of" in run or "link_down_of" in run:
-        threading.Thread(target=disturb, args=(trainer, run, disturbed), daemon=True).start()
+        disturber.start()
     try:
         model = trainer.train(df)
         models = model if isinstance(model, list) else [model]
@@ -92,6 +93,8 @@ def train(spark, df, test, run: dict) -> dict:
         result["error"] = f"{type(error).__name__}: {error}"
         result["traceback"] = traceback.format_exc()[-3000:]
     result["seconds"] = time.monotonic() - run["_started"]
+    if disturber.is_alive():  # a run may fail at the first kill, before the host is all gone:
+        disturber.join(60)  # answer only once it is, or the next test's restart gets killed
     result["disturbed"] = disturbed
     history = trainer.history
     result["samples_applied"] = history.samples_applied if history is not None else None

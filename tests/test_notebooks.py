@@ -47,9 +47,11 @@ def _choosing_an_algorithm(shown: str) -> list[tuple[str, float]]:
     # the comparison table: one row per candidate, its held-out accuracy after the name
     rows = re.findall(r"^(DOWNPOUR|ADAG|AEASGD|AveragingTrainer)\s+(\d\.\d+)", shown,
                       re.MULTILINE)
-    assert sorted(name for name, _ in rows) == ["ADAG", "AEASGD", "AveragingTrainer",
-                                                "DOWNPOUR"], shown[-3000:]
-    return [(name, float(accuracy)) for name, accuracy in rows]
+    first = {}  # the accuracy column comes first; later blocks of the table hold others
+    for name, value in rows:
+        first.setdefault(name, float(value))
+    assert sorted(first) == ["ADAG", "AEASGD", "AveragingTrainer", "DOWNPOUR"], shown[-3000:]
+    return list(first.items())
 
 
 #: per notebook: the accuracies its outputs show, each of which must reach the bar
