@@ -14,10 +14,8 @@ import cloudpickle
 import numpy as np
 
 from . import protocol
-from .backends import use_backend
-from .devices import place
 from .spark import driver_address, is_connect, task_slots
-from .workers import REPORT_SCHEMA, WorkerSpec, run_arrow_task, run_rdd_task
+from .workers import REPORT_SCHEMA, WorkerSpec, run_arrow_task, run_rdd_task, start_task
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +110,13 @@ class SparkJob:
         backend = spec.backend
         if shipped is not None:
             def task(batches):
-                use_backend(backend)  # before the spec's unpickling may import Keras
-                placement = place()  # the task's GPU, before anything initialises CUDA
+                placement = start_task(backend)  # before the spec's unpickling may import Keras
                 return run_arrow_task(shipped.value, batches, placement)
         else:  # Spark Connect: no broadcast; the spec travels with the function, as bytes
             packed = cloudpickle.dumps(spec)  # so that it is unpickled after use_backend
 
             def task(batches):
-                use_backend(backend)
-                placement = place()
+                placement = start_task(backend)
                 return run_arrow_task(cloudpickle.loads(packed), batches, placement)
 
         rows = frame.mapInArrow(task, REPORT_SCHEMA, barrier=self.barrier).collect()
@@ -136,9 +132,7 @@ class SparkJob:
         shipped, backend = self._shipped, spec.backend
 
         def task(index, rows):
-            use_backend(backend)
-            placement = place(index)
-            return run_rdd_task(shipped.value, index, rows, placement)
+            return run_rdd_task(shipped.value, index, rows, start_task(backend, index))
 
         rdd = self.partitioned(self.data, repartition)
         stage = rdd.barrier() if self.barrier else rdd

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .backends import driver_backend, use_backend
+from .backends import driver_backend
 from .data import DataError, as_array, column_kinds
 from .devices import Placement, place
 from .models import model_from_bytes, model_to_bytes, pickle_custom_objects
+from .workers import start_task
 
 if TYPE_CHECKING:  # a task sets the driver's backend before it imports Keras
     import keras
@@ -88,8 +89,7 @@ def _make_predict_fn(broadcast, shapes: list[tuple[int, ...]], multi_output: boo
     and the driver's Keras backend."""
 
     def make():
-        use_backend(backend)
-        place()  # restrict this Python worker to the task's GPU before CUDA initialises
+        start_task(backend)  # backend and GPU before anything initialises Keras or CUDA
         import keras
 
         def predict(*arrays: np.ndarray):

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import protocol as wire
 from .algorithms import Algorithm
-from .backends import current_backend
+from .backends import current_backend, use_backend
 from .data import ColumnPlan
 from .devices import Placement, place
 from .errors import StopTraining, WorkerError  # noqa: F401 - also importable from here
@@ -214,6 +214,13 @@ class WorkerSpec:
     dtype_policy: str | None = None  # e.g. "mixed_bfloat16": the replicas' compute precision
     # bytes of rows a worker holds; a larger partition is spilled to local disk (rows.py)
     worker_memory: int = parse_size(WORKER_MEMORY)
+
+
+def start_task(backend: str, partition: int | None = None) -> Placement:
+    """What every distkeras task (training or prediction) does first, before anything in it
+    may import Keras or initialise CUDA: the driver's Keras backend, then the task's GPU."""
+    use_backend(backend)
+    return place(partition)
 
 
 def batch_order(spec: WorkerSpec, partition: int, epoch: int, rows: int) -> np.ndarray:

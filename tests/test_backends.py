@@ -32,10 +32,11 @@ rng = np.random.default_rng(0)
 x = rng.normal(size=(400, 8)).astype(np.float32)
 y = (x[:, 0] > 0).astype(np.int64)
 df = spark.createDataFrame([(r.tolist(), int(v)) for r, v in zip(x, y)], ["features", "label"])
+keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
 trainer = distkeras.DOWNPOUR(model, worker_optimizer=keras.optimizers.Adam(0.05),
                              loss="sparse_categorical_crossentropy",
-                             num_workers=2, num_epoch=3, verbose=0)
+                             num_workers=2, num_epoch=3, verbose=0, seed=1)
 trained = trainer.train(df)
 predicted = distkeras.ModelPredictor(trained).predict(df).select("prediction").collect()
 print("RESULT " + json.dumps({
