@@ -97,9 +97,9 @@ def free_port() -> int:
 class GoodWorker(threading.Thread):
     """Commits +1 to every weight, over and over, until told to stop."""
 
-    def __init__(self, server, layout, token):
+    def __init__(self, server, layout, token, attempt: int = 0):
         super().__init__(daemon=True)
-        self.link = ServerLink(server.address, token, layout, worker=0)
+        self.link = ServerLink(server.address, token, layout, worker=0, attempt=attempt)
         self.commits = 0
         self.error = None
         self.stop = threading.Event()

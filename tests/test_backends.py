@@ -36,7 +36,7 @@ keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
 trainer = distkeras.DOWNPOUR(model, worker_optimizer=keras.optimizers.Adam(0.05),
                              loss="sparse_categorical_crossentropy",
-                             num_workers=2, num_epoch=3, verbose=0, seed=1)
+                             num_workers=2, num_epoch=8, verbose=0, seed=1)
 trained = trainer.train(df)
 predicted = distkeras.ModelPredictor(trained).predict(df).select("prediction").collect()
 print("RESULT " + json.dumps({
@@ -59,7 +59,9 @@ def test_tasks_train_on_the_drivers_backend_not_their_environments():
     result = json.loads(lines[-1][len("RESULT "):])
     assert result["driver"] == "jax"
     assert result["workers"] == ["jax", "jax"]
-    assert result["samples"] == 400 * 3
+    assert result["samples"] == 400 * 8
+    # a linear boundary: 8 epochs gave 0.983 to 0.993 in three runs (3 epochs gave 0.88 to
+    # 0.91 and failed CI once against this bar)
     assert result["accuracy"] > 0.9
     assert result["predicted"] == 400  # prediction tasks load the model on JAX too
 

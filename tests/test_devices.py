@@ -188,7 +188,7 @@ def test_workers_train_in_mixed_float16_and_the_centre_stays_float32(digits_df, 
     _, _, xt, yt = digits
     trainer = distkeras.DOWNPOUR(mlp(), worker_optimizer="adam",
                                  loss="categorical_crossentropy", num_workers=2,
-                                 batch_size=64, num_epoch=1, verbose=1, seed=3,
+                                 batch_size=64, num_epoch=3, verbose=1, seed=3,
                                  dtype_policy="mixed_float16")
     model = trainer.train(digits_df)
     reports = sorted(trainer.worker_reports, key=lambda r: r["worker"])
@@ -198,12 +198,12 @@ def test_workers_train_in_mixed_float16_and_the_centre_stays_float32(digits_df, 
             assert len(report["gpu_addresses"]) == 1, report
         else:
             assert report["gpu_addresses"] == [] and report["devices"] == ["CPU"], report
-    assert trainer.history.samples_applied == 4000
+    assert trainer.history.samples_applied == 3 * 4000
     # what comes back is the float32 centre variable in the user's float32 model
     assert {layer.compute_dtype for layer in model.layers} == {"float32"}
     assert {w.dtype for w in model.get_weights()} == {np.dtype(np.float32)}
     accuracy = float((model.predict(xt, verbose=0).argmax(axis=1) == yt).mean())
-    assert accuracy > 0.8, accuracy
+    assert accuracy > 0.8, accuracy  # 3 epochs: 0.888 twice; 1 epoch gave 0.773 in a full run
     assert keras.config.dtype_policy().name == "float32"  # the driver's global is untouched
     out = capsys.readouterr().out
     assert "workers ran on" in out and "mixed_float16" in out, out[-500:]

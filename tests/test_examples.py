@@ -66,9 +66,10 @@ def test_higgs_example_under_spark_submit():
 
     submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
     out, accuracy = run([str(submit), "--master", "local[2]", "--conf",
-                         "spark.ui.enabled=false", "examples/higgs.py", "--rows", "5000",
-                         "--epochs", "1", "--workers", "2", "--trainer", "AveragingTrainer",
-                         "--test-rows", "500"], timeout=330)
-    assert "AveragingTrainer: test accuracy" in out and "500 held-out rows" in out
-    # the run learned (0.684 when this bar was set; the majority class is about 0.56)
-    assert accuracy >= 0.62, out
+                         "spark.ui.enabled=false", "examples/higgs.py", "--rows", "10000",
+                         "--epochs", "3", "--workers", "2", "--trainer", "AveragingTrainer",
+                         "--test-rows", "1000"], timeout=330)
+    assert "AveragingTrainer: test accuracy" in out and "1,000 held-out rows" in out
+    # the run learned: four runs gave 0.732 to 0.743 (majority class 0.557). One epoch over
+    # 4,500 rows, as this test ran before, gave 0.622 to 0.726 and failed CI once at 0.62.
+    assert accuracy >= 0.70, out
