@@ -15,6 +15,9 @@ are ever contacted. Needs root and iproute2: :func:`unavailable` says why it is 
     with HostCluster(tmp_path, hosts=2) as cluster:
         cluster.url, cluster.driver_host   # spark://198.18.x.1:port, 198.18.x.1
         cluster.hosts[1].kill()            # SIGKILL every process of host 1
+
+:class:`HostNetwork` makes the same bridge and namespaces without Spark, for processes of the
+caller's own (``bench/ps_throughput.py`` runs its cross-host clients there).
 """
 
 from __future__ import annotations
@@ -339,6 +342,74 @@ class HostCluster:
             _stop(self.master)
         _ip("link", "del", self.bridge, check=False)
         _ip("link", "del", self.other, check=False)
+        if errors:
+            raise errors[0]
+
+
+class HostNetwork:
+    """The network of a :class:`HostCluster` without Spark: a bridge in the root namespace
+    (its address is ``server_host``) and ``hosts`` namespaces on it (:class:`Host`, never
+    started), for a bench or a test that runs its own processes on the hosts
+    (:meth:`command`). Everything is removed on exit, passed, failed or interrupted.
+
+        with HostNetwork(hosts=1) as net:
+            server.bind((net.server_host, 0))
+            subprocess.Popen(net.command(0, [sys.executable, "client.py"]))
+    """
+
+    def __init__(self, hosts: int = 1, directory: Path | None = None):
+        self.owner = os.getpid()
+        self.bridge = f"{PREFIX}{self.owner}b"
+        self.directory = Path(directory) if directory is not None else Path.cwd()
+        self.subnet: ipaddress.IPv4Network | None = None
+        self.server_host = ""
+        self.count = hosts
+        self.hosts: list[Host] = []
+
+    def __enter__(self) -> HostNetwork:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> None:
+        sweep()  # what killed sessions left behind
+        self.subnet = _free_subnet()
+        addresses = list(self.subnet.hosts())
+        self.server_host = str(addresses[0])
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.server_host}/{self.subnet.prefixlen}", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for index in range(self.count):
+            host = Host(self, index, str(addresses[10 + index]))  # type: ignore[arg-type]
+            self.hosts.append(host)  # first: close() removes a half-made one too
+            host.create()
+
+    def command(self, index: int, argv: list[str], private_shm: bool = True) -> list[str]:
+        """``argv`` run on host ``index`` (``ip netns exec``; the process keeps its pid),
+        with, by default, its own empty /dev/shm, as on another machine."""
+        prefix = ["ip", "netns", "exec", self.hosts[index].namespace]
+        if not private_shm:
+            return [*prefix, *argv]
+        shell = "mount -t tmpfs -o size=64m,mode=1777 dkshm /dev/shm && exec \"$@\""
+        return [*prefix, "unshare", "--mount", "--propagation", "private", "sh", "-c", shell,
+                "sh", *argv]
+
+    def close(self) -> None:
+        """Kill every process on the hosts, remove their namespaces and links, the bridge."""
+        errors = []
+        for host in self.hosts:
+            try:
+                host.remove()
+            except Exception as error:  # noqa: BLE001 - remove the rest, then report
+                errors.append(error)
+        self.hosts = []
+        _ip("link", "del", self.bridge, check=False)
         if errors:
             raise errors[0]
 
