@@ -128,7 +128,15 @@ def where_workers_ran(reports: list[dict]) -> str:
         counts[f"{report.get('host')} {where}" if hosts else where] += 1
     text = "workers ran on " + ", ".join(f"{k} ({n})" for k, n in counts.items())
     policies = sorted({r.get("dtype_policy") for r in reports} - {None, "float32"})
-    return text + "".join(f", {p}" for p in policies)
+    text += "".join(f", {p}" for p in policies)
+    # the executors' interpreter, when it is not the driver's (a packed environment shipped
+    # with --archives, or the cluster's own Python): the first thing to check when a worker
+    # cannot import what the driver can
+    pythons = sorted({r.get("python") for r in reports} - {None, sys.executable})
+    if pythons:
+        more = f" and {len(pythons) - 1} more" if len(pythons) > 1 else ""
+        text += f"; their Python: {pythons[0]}{more}"
+    return text
 
 
 def collect_numpy(dataframe, plan) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -89,8 +89,9 @@ def get_session(num_workers: int = 2, app_name: str = "distkeras"):
     """The session ``spark-submit`` made for this script, else a :func:`local_session`.
 
     Under ``spark-submit`` or the pyspark shell (``PYSPARK_GATEWAY_PORT`` is set) the
-    session comes from Spark's own settings and ``num_workers`` is ignored; otherwise a
-    local session is started, so the same script runs on a cluster and on a laptop.
+    session comes from Spark's own settings (the executors' Python included) and
+    ``num_workers`` is ignored; otherwise a local session is started, so the same script
+    runs on a cluster and on a laptop.
 
     Args:
         num_workers: Task slots of a local session. Defaults to `2`.
@@ -103,7 +104,9 @@ def get_session(num_workers: int = 2, app_name: str = "distkeras"):
         JavaMissingError: A local session is needed and there is no Java for Spark.
     """
     if os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit / pyspark shell
-        worker_environment()
+        # the executors' Python is Spark's to choose (spark.pyspark.python, PYSPARK_PYTHON:
+        # e.g. a packed environment shipped with --archives); never this driver's path
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from pyspark.sql import SparkSession
 
         return SparkSession.builder.appName(app_name).getOrCreate()

@@ -128,7 +128,7 @@ class Trainer:
         worker_reports: One dict per worker of the last `train()`: rows, commits,
             samples, host (the executor's hostname), `address` (the worker's address
             as the parameter server saw it: on a cluster, which machine it ran on), pid,
-            transport (`"tcp"`, or `"shm"` beside the driver), start and end times;
+            `python` (the executor's interpreter, `sys.executable`), transport (`"tcp"`, or `"shm"` beside the driver), start and end times;
             `gpu_addresses` (the GPU
             addresses Spark assigned to the task, a list of strings, empty without a GPU
             resource), `devices` (where the replica's variables lived: `["CPU"]` or

@@ -8,6 +8,7 @@ import contextlib
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -318,7 +319,8 @@ def train_partition(spec: WorkerSpec, partition: int,
             if spec.return_weights and model is not None else None,
             "samples": trained, "resumed_after": resume_after, "started": started,
             "first_batch": first_batch_at, "finished": time.time(), "host": socket.gethostname(),
-            "pid": os.getpid(), "transport": transport, "backend": current_backend(),
+            "pid": os.getpid(), "python": sys.executable, "transport": transport,
+            "backend": current_backend(),
             "gpu_addresses": list(placement.gpu_addresses),
             "devices": placement.devices(model) if model is not None else [],
             "dtype_policy": policy_of(model) if model is not None else None,
@@ -357,7 +359,8 @@ def _attempt() -> tuple[int, int]:
 REPORT_FIELDS = (("worker", "int"), ("attempt", "int"), ("rows", "bigint"),
                  ("commits", "bigint"), ("samples", "bigint"), ("resumed_after", "bigint"),
                  ("started", "double"), ("first_batch", "double"), ("finished", "double"),
-                 ("host", "string"), ("pid", "bigint"), ("transport", "string"),
+                 ("host", "string"), ("pid", "bigint"), ("python", "string"),
+                 ("transport", "string"),
                  ("backend", "string"), ("gpu_addresses", "array<string>"),
                  ("devices", "array<string>"), ("dtype_policy", "string"),
                  # resident bytes: the task's peak, and before its rows arrived (model built)
