@@ -24,7 +24,7 @@ setup(
                  "scikit-learn>=1.4", "ruff>=0.5", "matplotlib>=3.8", "nbclient>=0.10",
                  "nbformat>=5.10", "ipykernel>=6.29", "tensorboard>=2.16",
                  "mlflow-skinny>=3", "jax[cpu]>=0.4.30", "pyyaml>=6",
-                 "venv-pack>=0.2"],
+                 "venv-pack>=0.2", "setuptools>=65", "wheel>=0.40"],  # test_deploy
         "jax": ["jax>=0.4.30"],
         "torch": ["torch>=2.1"],
         "plots": ["matplotlib>=3.8"],
