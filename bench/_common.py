@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import socket
+import subprocess
 import sys
 from typing import Any
 
@@ -25,13 +26,32 @@ def _version(package: str) -> str | None:
         return None
 
 
+def source_commit() -> str | None:
+    """The checkout the bench ran from: ``git describe``-style commit, ``-dirty`` when
+    tracked files differ from it (a table must name the code that produced it); None
+    outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short=7", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
-    """What the numbers depend on: cores, platform and library versions."""
+    """What the numbers depend on: the code, cores, platform and library versions."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable = os.cpu_count()
     return {
+        "commit": source_commit(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "host": socket.gethostname(),
