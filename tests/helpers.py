@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,26 @@ def spill_leftovers(spark) -> list[str]:
         lambda _: os.environ.get("SPARK_LOCAL_DIRS", "")).collect()[0]
     return [path for root in dirs.split(",") if root
             for path in glob.glob(os.path.join(root, PREFIX + "*"))]
+
+
+def rounds_of(commits):
+    """The rounds of a synchronous run, read from its history: a worker's k-th commit belongs
+    to round k (its commit_and_pull returns only once round k is applied, and a worker that
+    leaves never comes back). Asserts what the server promises about them: it records a
+    round's commits together when it applies the round, so the records come round by round,
+    and no commit of round k + 1 arrived (its record's time) before every commit of round k
+    had. Returns the records of each round."""
+    seen = Counter()
+    rounds = []
+    for record in commits:
+        k = seen[record.worker]
+        seen[record.worker] += 1
+        assert k >= len(rounds) - 1, f"worker {record.worker}'s commit {k} was recorded in round " \
+                                     f"{len(rounds) - 1}"
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(record)
+    for k, (earlier, later) in enumerate(zip(rounds, rounds[1:])):
+        assert max(r.time for r in earlier) <= min(r.time for r in later), \
+            f"a commit of round {k + 1} arrived before round {k} was complete"
+    return rounds

@@ -10,7 +10,15 @@ from collections import Counter
 import numpy as np
 import pytest
 from conftest import running_server
-from helpers import BATCH, EPOCHS, TOLERANCE, accuracy, mlp, reference_accuracy  # noqa: F401
+from helpers import (  # noqa: F401
+    BATCH,
+    EPOCHS,
+    TOLERANCE,
+    accuracy,
+    mlp,
+    reference_accuracy,
+    rounds_of,
+)
 
 import distkeras
 from distkeras import algorithms
@@ -18,29 +26,6 @@ from distkeras.parameter_server import ServerConfig
 from distkeras.workers import ServerLink, WorkerError
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def rounds_of(commits):
-    """The rounds of a synchronous run, read from its history: a worker's k-th commit belongs
-    to round k (its commit_and_pull returns only once round k is applied, and a worker that
-    leaves never comes back). Asserts what the server promises about them: it records a
-    round's commits together when it applies the round, so the records come round by round,
-    and no commit of round k + 1 arrived (its record's time) before every commit of round k
-    had. Returns the records of each round."""
-    seen = Counter()
-    rounds = []
-    for record in commits:
-        k = seen[record.worker]
-        seen[record.worker] += 1
-        assert k >= len(rounds) - 1, f"worker {record.worker}'s commit {k} was recorded in round " \
-                                     f"{len(rounds) - 1}"
-        if k == len(rounds):
-            rounds.append([])
-        rounds[k].append(record)
-    for k, (earlier, later) in enumerate(zip(rounds, rounds[1:])):
-        assert max(r.time for r in earlier) <= min(r.time for r in later), \
-            f"a commit of round {k + 1} arrived before round {k} was complete"
-    return rounds
 
 
 # ---- the rendezvous on a real server --------------------------------------------------------
