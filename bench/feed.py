@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     from distkeras.data import plan_columns
     from distkeras.spark import local_session
 
-    spark = local_session(args.workers, app_name="distkeras-bench-feed")
+    # 200,000 cached rows of 784 doubles are 1.3 GB in the JVM: more than Spark's default
+    # 1 GB driver heap of local mode (java.lang.OutOfMemoryError while caching)
+    spark = local_session(args.workers, app_name="distkeras-bench-feed",
+                          spark_driver_memory="4g")
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")])
     for rows in [int(r) for r in args.rows.split(",")]:
         frame = build_frame(spark, rows, args.workers)
