@@ -72,6 +72,10 @@ class History:
         connections: Every worker connection the server accepted, in order, as dicts
             with `worker`, `attempt`, `host`, `transport` (`"shm"` or `"tcp"`) and
             `time`.
+        stopped_early: `None`, or, when a callback or early stopping ended the run, a
+            dict with `reason`, `records` (how many records there were at that moment:
+            `records[stopped_early["records"]:]` came after it, at most one commit per
+            worker that was already on its way) and `time`.
 
     Example:
 
@@ -96,6 +100,9 @@ class History:
         #: (Spark's task attempt), ``host`` (the peer address the server saw), ``transport``
         #: ("shm": payloads through shared memory, "tcp": through the socket) and ``time``
         self.connections: list[dict[str, Any]] = []
+        #: set when the driver ended training early: ``reason``, ``records`` (the number of
+        #: records at that moment) and ``time``
+        self.stopped_early: dict[str, Any] | None = None
         self._t0 = time.monotonic()
 
     # ---- recording (called by the parameter server) ----------------------------------

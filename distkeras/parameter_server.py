@@ -297,6 +297,9 @@ class ParameterServer:
         with self._lock:
             if self.stopped_early is None:
                 self.stopped_early = reason
+                self.history.stopped_early = {"reason": reason,
+                                              "records": len(self.history.records),
+                                              "time": self.history.elapsed()}
             self._round.notify_all()
 
     def _watch(self) -> None:

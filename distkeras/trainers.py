@@ -128,8 +128,8 @@ class Trainer:
         worker_reports: One dict per worker of the last `train()`: rows, commits,
             samples, host (the executor's hostname), `address` (the worker's address
             as the parameter server saw it: on a cluster, which machine it ran on), pid,
-            `python` (the executor's interpreter, `sys.executable`), transport (`"tcp"`, or `"shm"` beside the driver), start and end times;
-            `gpu_addresses` (the GPU
+            `python` (the executor's interpreter, `sys.executable`), transport (`"tcp"`,
+            or `"shm"` beside the driver), start and end times; `gpu_addresses` (the GPU
             addresses Spark assigned to the task, a list of strings, empty without a GPU
             resource), `devices` (where the replica's variables lived: `["CPU"]` or
             `["GPU:<address>"]`) and `dtype_policy` (see docs/cluster.md); `spilled`

@@ -8,6 +8,7 @@ import csv
 import glob
 import os
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -106,7 +107,12 @@ def test_a_callback_that_stops_training_ends_the_run_at_that_epoch(digits_df, di
     model = run.train(digits_df, callbacks=[recorder])
     assert recorder.calls[-3:] == ["begin 1", "end 1", "train_end"]
     assert len(run.history.history["loss"]) == 2
-    assert 4000 * 2 <= run.history.samples_applied < 4000 * 30
+    assert run.history.samples_applied >= 4000 * 2
+    # after the stop, only a commit already on its way per worker (the workers trained 3
+    # more epochs meanwhile in the runs seen: the driver's latency, not theirs)
+    stopped = run.history.stopped_early
+    late = Counter(r.worker for r in run.history.records[stopped["records"]:] if r.committed)
+    assert all(count <= 1 for count in late.values()), late
     for final, stopped_at in zip(model.get_weights(), recorder.weights[-1]):
         np.testing.assert_array_equal(final, stopped_at)  # the stopping epoch's centre
     assert accuracy(model, xt, yt) > 0.8
