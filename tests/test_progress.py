@@ -31,10 +31,11 @@ def history_with(commits: int, samples: int = 10) -> History:
 
 def test_a_log_without_a_terminal_gets_a_line_every_log_every_seconds(capsys):
     history = history_with(3)
-    progress = Progress(history, rows=100, epochs=1, verbose=1, name="ADAG", log_every=0.3)
+    # log_every of 2 s: the first show() comes well within it even on a loaded machine
+    progress = Progress(history, rows=100, epochs=1, verbose=1, name="ADAG", log_every=2.0)
     progress.show()  # no line is due yet
     assert capsys.readouterr().err == ""
-    time.sleep(0.35)
+    time.sleep(2.05)  # sleep never returns early: a line is due
     history.add_commit(0, 4, 1, 0.25, 10)
     progress.show()
     line = capsys.readouterr().err

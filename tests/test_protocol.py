@@ -169,7 +169,7 @@ def test_bad_peer_is_closed_and_the_good_worker_keeps_training(attack):
             server, layout, token):
         good = GoodWorker(server, layout, token)
         good.start()
-        time.sleep(0.05)
+        assert wait_for(lambda: good.commits > 0)  # the attack comes while it trains
         sock = open_raw(server)
         try:
             attack(sock, token, layout)

@@ -18,6 +18,7 @@ from helpers import (  # noqa: F401
     mlp,
     reference_accuracy,
     rounds_of,
+    wait_for,
 )
 
 import distkeras
@@ -108,8 +109,9 @@ def test_round_completes_when_the_last_member_leaves_instead_of_committing():
 
         waiter = threading.Thread(target=commit)
         waiter.start()
-        time.sleep(0.3)
-        assert waiter.is_alive()  # waits for b
+        # a's commit is at the server, waiting for b (not merely not sent yet)
+        assert wait_for(lambda: server._rendezvous.arrived == {0})
+        assert waiter.is_alive()
         b.bye()
         waiter.join(timeout=10)
         assert result["c"][0] == pytest.approx(4.0)
@@ -132,7 +134,7 @@ def test_worker_dying_mid_round_fails_the_run_naming_it():
 
         waiter = threading.Thread(target=commit)
         waiter.start()
-        time.sleep(0.2)
+        assert wait_for(lambda: server._rendezvous.arrived == {0})  # a waits in the round
         b._sock.shutdown(socket.SHUT_RDWR)  # killed: no bye
         b.close()
         waiter.join(timeout=10)
