@@ -188,6 +188,9 @@ def run_trainer(name: str, df: Any, weights: list[np.ndarray], x_test: np.ndarra
     return {"train_s": returned - called, "accuracy": accuracy(model, x_test, y_test),
             "num_workers": trainer.num_workers, "algorithm": repr(trainer.algorithm),
             "window": None if window == float("inf") else window,
+            # the driver's phases before any task (trainer.timings): rows checked, server up
+            "validated_s": trainer.timings.get("validated"),
+            "server_started_s": trainer.timings.get("server_started"),
             **worker_timing(trainer.worker_reports, called, returned), **staleness(trainer)}
 
 

@@ -139,6 +139,34 @@ def where_workers_ran(reports: list[dict]) -> str:
     return text
 
 
+def phases_of(reports: list[dict], started: float) -> dict[str, float]:
+    """The workers' phases of a run, in seconds from ``started`` (the call to ``train()``):
+    the first task's start, the first batch trained anywhere, the last worker's end."""
+    out = {}
+    for key, field, pick in (("first_task_started", "started", min),
+                             ("first_batch", "first_batch", min),
+                             ("last_worker_finished", "finished", max)):
+        times = [r[field] for r in reports if r.get(field)]
+        if times:
+            out[key] = pick(times) - started
+    return out
+
+
+def describe_phases(timings: dict[str, float]) -> str:
+    """``timings`` as the durations a user waits through, for the summary line: e.g.
+    ``"validation 0.9s, to first task 0.4s, to first batch 0.8s, training 1.5s, after
+    0.2s"``."""
+    steps = (("validation", "validated"), ("to first task", "first_task_started"),
+             ("to first batch", "first_batch"), ("training", "last_worker_finished"),
+             ("after", "returned"))
+    parts, previous = [], 0.0
+    for label, key in steps:
+        if key in timings:
+            parts.append(f"{label} {max(0.0, timings[key] - previous):.1f}s")
+            previous = timings[key]
+    return ", ".join(parts)
+
+
 def collect_numpy(dataframe, plan) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """A (small) DataFrame on the driver as model-ready numpy arrays, through Arrow."""
     table = plan.arrow_frame(dataframe).toArrow()

@@ -28,7 +28,14 @@ from .history import History
 from .jobs import SparkJob
 from .memory import WORKER_MEMORY, parse_size
 from .models import blueprint
-from .monitor import EpochEnds, Progress, collect_numpy, where_workers_ran
+from .monitor import (
+    EpochEnds,
+    Progress,
+    collect_numpy,
+    describe_phases,
+    phases_of,
+    where_workers_ran,
+)
 from .parameter_server import ParameterServer, ServerConfig, TrainingAborted
 from .precision import check_policy
 from .workers import WorkerSpec
@@ -136,6 +143,12 @@ class Trainer:
             (bytes of the worker's spill file, `0` when its rows were held in memory),
             `peak_rss` (the task's peak resident memory in bytes) and `base_rss` (its
             resident memory once the model was built, before its rows arrived).
+        timings: Where the last `train()` spent its time: seconds from the call to
+            `train()` to the end of each phase, in order: `validated` (the columns
+            planned and, with `validate=True`, every row checked by a first Spark job),
+            `server_started`, `first_task_started` (the first training task began),
+            `first_batch` (the first worker trained its first batch),
+            `last_worker_finished`, `returned`. The summary line of `verbose` says the same.
         parameter_server: The running `ParameterServer` during `train()`, else `None`.
 
     Raises:
@@ -191,6 +204,7 @@ class Trainer:
         self.server_host = server_host  # where executors reach the driver, if not Spark's
         self.history = History()
         self.worker_reports: list[dict] = []
+        self.timings: dict[str, float] = {}
         self._training_time = 0.0
         self.algorithm = self._algorithm()  # validates the algorithm's arguments at once
 
@@ -302,11 +316,14 @@ class Trainer:
         loss = self.loss if self.loss is not None else self._compiled_loss()
         job = SparkJob(data, self.num_workers, self.single_worker, self.algorithm.synchronous,
                        name=f"distkeras {type(self).__name__}")
+        self.timings = {}
         plan, rows = self._check_data(job, loss, validate)
+        self.timings["validated"] = time.time() - started
         bp = blueprint(self.keras_model, self.worker_optimizer, self.loss, self.metrics)
         layout, center, resumed = self._starting_point(resume_from)
         job.check_slots()
         server, address, token = self._start_server(job, layout, center, resumed, rows)
+        self.timings["server_started"] = time.time() - started
         spec = WorkerSpec(bp, self.algorithm, plan, layout, address, token,
                           self.batch_size, self.num_epoch, self.communication_window,
                           self.exchange_each_epoch, self.returns_replicas, shuffle, server.seed,
@@ -343,7 +360,10 @@ class Trainer:
         ends.end(center)
         model = self._result(ends.model, bp, layout)
         self._training_time = time.time() - started
-        self._say(f"distkeras: trained in {self._training_time:.1f}s, "
+        self.timings.update(phases_of(self.worker_reports, started))
+        self.timings["returned"] = self._training_time
+        self._say(f"distkeras: trained in {self._training_time:.1f}s "
+                  f"({describe_phases(self.timings)}), "
                   f"{self.history.samples_applied:,} samples applied in "
                   f"{len(self.history.commits):,} commits; "
                   f"{where_workers_ran(self.worker_reports)}")
