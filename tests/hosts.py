@@ -188,7 +188,7 @@ def _stop(process: subprocess.Popen) -> None:
 class Host:
     """One test host: a network namespace, its link to the bridge, a Spark worker."""
 
-    def __init__(self, cluster: HostCluster, index: int, address: str):
+    def __init__(self, cluster: HostNetwork, index: int, address: str):
         self.cluster, self.index, self.address = cluster, index, address
         self.namespace = f"{PREFIX}{cluster.owner}n{index}"
         self.link = f"{PREFIX}{cluster.owner}v{index}"  # the root end of its veth pair
@@ -253,99 +253,6 @@ class Host:
         _ip("link", "del", self.link, check=False)
 
 
-class HostCluster:
-    """A Spark standalone master on a bridge in the root namespace and ``hosts`` test hosts,
-    each a worker with ``cores`` cores; everything is removed on exit, passed or failed.
-    The root namespace also gets a second interface (``other_address``) that no host can
-    reach, as a driver machine with several networks has."""
-
-    def __init__(self, directory: Path, hosts: int = 2, cores: int = 1, memory: str = "1g"):
-        self.directory = Path(directory)
-        self.owner = os.getpid()
-        self.bridge = f"{PREFIX}{self.owner}b"
-        # a second interface of the driver, on a network no host has a route to
-        self.other = f"{PREFIX}{self.owner}x"
-        self.other_address = ""
-        self.subnet: ipaddress.IPv4Network | None = None
-        self.driver_host = ""
-        self.url = ""
-        self.count, self.cores, self.memory = hosts, cores, memory
-        self.hosts: list[Host] = []
-        self.master: subprocess.Popen | None = None
-
-    def __enter__(self) -> HostCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def start(self) -> None:
-        sweep()  # what killed sessions left behind
-        self.subnet = _free_subnet()
-        addresses = list(self.subnet.hosts())
-        self.driver_host = str(addresses[0])
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.driver_host}/{self.subnet.prefixlen}", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
-        other = _free_subnet((self.subnet,))
-        self.other_address = str(next(other.hosts()))
-        _ip("link", "add", self.other, "type", "bridge")  # no ports: a stub network
-        _ip("addr", "add", f"{self.other_address}/24", "dev", self.other)
-        _ip("link", "set", self.other, "up")
-        self.hosts = [Host(self, i, str(addresses[10 + i])) for i in range(self.count)]
-        for host in self.hosts:
-            host.create()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        port = free_port(self.driver_host)
-        self.url = f"spark://{self.driver_host}:{port}"
-        log = self.directory / "master.log"
-        with open(log, "wb") as out:
-            self.master = subprocess.Popen(
-                [_spark_class(), "org.apache.spark.deploy.master.Master", "--host",
-                 self.driver_host, "--port", str(port), "--webui-port", "0"],
-                env=spark_env(self.directory, self.driver_host), stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.directory,
-                start_new_session=True)
-        wait_for_log(log, "I have been elected leader", self.master, 120)
-        for host in self.hosts:
-            host.start(self.cores, self.memory)
-
-    def revive(self) -> None:
-        """Start again the worker of every host that was killed."""
-        for host in self.hosts:
-            if not host.alive():
-                host.kill()  # whatever is left of it
-                host.start(self.cores, self.memory)
-
-    def host_of(self, address: str) -> Host:
-        """The host with this address (as the parameter server saw a worker)."""
-        return next(h for h in self.hosts if h.address == address)
-
-    def driver_env(self) -> dict[str, str]:
-        """Environment for a driver process in the root namespace, on the bridge."""
-        return spark_env(self.directory / "driver", self.driver_host)
-
-    def close(self) -> None:
-        """Remove every host (processes, namespace, link), the master and the bridge."""
-        errors = []
-        for host in self.hosts:
-            try:
-                host.remove()
-            except Exception as error:  # noqa: BLE001 - remove the rest, then report
-                errors.append(error)
-        if self.master is not None:
-            _stop(self.master)
-        _ip("link", "del", self.bridge, check=False)
-        _ip("link", "del", self.other, check=False)
-        if errors:
-            raise errors[0]
-
-
 class HostNetwork:
     """The network of a :class:`HostCluster` without Spark: a bridge in the root namespace
     (its address is ``server_host``) and ``hosts`` namespaces on it (:class:`Host`, never
@@ -386,7 +293,7 @@ class HostNetwork:
         _ip("addr", "add", f"{self.server_host}/{self.subnet.prefixlen}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         for index in range(self.count):
-            host = Host(self, index, str(addresses[10 + index]))  # type: ignore[arg-type]
+            host = Host(self, index, str(addresses[10 + index]))
             self.hosts.append(host)  # first: close() removes a half-made one too
             host.create()
 
@@ -412,6 +319,75 @@ class HostNetwork:
         _ip("link", "del", self.bridge, check=False)
         if errors:
             raise errors[0]
+
+
+class HostCluster(HostNetwork):
+    """A Spark standalone master on a bridge in the root namespace and ``hosts`` test hosts,
+    each a worker with ``cores`` cores; everything is removed on exit, passed or failed.
+    The root namespace also gets a second interface (``other_address``) that no host can
+    reach, as a driver machine with several networks has."""
+
+    def __init__(self, directory: Path, hosts: int = 2, cores: int = 1, memory: str = "1g"):
+        super().__init__(hosts, directory)
+        # a second interface of the driver, on a network no host has a route to
+        self.other = f"{PREFIX}{self.owner}x"
+        self.other_address = ""
+        self.url = ""
+        self.cores, self.memory = cores, memory
+        self.master: subprocess.Popen | None = None
+
+    @property
+    def driver_host(self) -> str:
+        """The driver's (and the master's) address: the bridge's."""
+        return self.server_host
+
+    def start(self) -> None:
+        super().start()
+        other = _free_subnet((self.subnet,))
+        self.other_address = str(next(other.hosts()))
+        _ip("link", "add", self.other, "type", "bridge")  # no ports: a stub network
+        _ip("addr", "add", f"{self.other_address}/24", "dev", self.other)
+        _ip("link", "set", self.other, "up")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        port = free_port(self.driver_host)
+        self.url = f"spark://{self.driver_host}:{port}"
+        log = self.directory / "master.log"
+        with open(log, "wb") as out:
+            self.master = subprocess.Popen(
+                [_spark_class(), "org.apache.spark.deploy.master.Master", "--host",
+                 self.driver_host, "--port", str(port), "--webui-port", "0"],
+                env=spark_env(self.directory, self.driver_host), stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.directory,
+                start_new_session=True)
+        wait_for_log(log, "I have been elected leader", self.master, 120)
+        for host in self.hosts:
+            host.start(self.cores, self.memory)
+
+    def revive(self) -> None:
+        """Start again the worker of every host that was killed."""
+        for host in self.hosts:
+            if not host.alive():
+                host.kill()  # whatever is left of it
+                host.start(self.cores, self.memory)
+
+    def host_of(self, address: str) -> Host:
+        """The host with this address (as the parameter server saw a worker)."""
+        return next(h for h in self.hosts if h.address == address)
+
+    def driver_env(self) -> dict[str, str]:
+        """Environment for a driver process in the root namespace, on the bridge."""
+        return spark_env(self.directory / "driver", self.driver_host)
+
+    def close(self) -> None:
+        """Remove every host (processes, namespace, link) and the bridge, the master and the
+        second interface."""
+        try:
+            super().close()
+        finally:
+            if self.master is not None:
+                _stop(self.master)
+                self.master = None
+            _ip("link", "del", self.other, check=False)
 
 
 class Driver:
