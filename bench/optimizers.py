@@ -48,8 +48,9 @@ def load_data() -> tuple[np.ndarray, ...]:
     return x[:TRAIN], y[:TRAIN], x[TRAIN:], y[TRAIN:]
 
 
-def compiled_model(optimizer: str, seed: int) -> Any:
-    """The user's model: built from ``seed``, compiled with the optimizer under test."""
+def compiled_model(optimizer: str, seed: int, scale: float = 1.0) -> Any:
+    """The user's model: built from ``seed``, compiled with the optimizer under test (its
+    learning rate times ``scale``)."""
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -57,6 +58,8 @@ def compiled_model(optimizer: str, seed: int) -> Any:
                               keras.layers.Dense(256, activation="relu"),
                               keras.layers.Dense(10, activation="softmax")])
     cls, kwargs = OPTIMIZERS[optimizer]
+    if scale != 1.0:
+        kwargs = {**kwargs, "learning_rate": kwargs.get("learning_rate", 0.001) * scale}
     model.compile(optimizer=getattr(keras.optimizers, cls)(**kwargs),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
@@ -101,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr-over-n", action="store_true",
+                        help="the remedy to measure: the trainers' model is compiled with the "
+                             "learning rate divided by n (model.fit keeps it)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -144,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 for n in counts:
                     log(f"optimizers: {name}, {optimizer}, n={n}, seed {seed}")
-                    line = {"run": name, "optimizer": optimizer, "n": n, "seed": seed}
+                    line = {"run": name, "optimizer": optimizer, "n": n, "seed": seed,
+                            "lr_over_n": args.lr_over_n}
                     trainer = getattr(distkeras, name)(
-                        compiled_model(optimizer, seed), num_workers=n,
+                        compiled_model(optimizer, seed, 1 / n if args.lr_over_n else 1.0),
+                        num_workers=n,
                         batch_size=args.batch_size, num_epoch=args.epochs, verbose=0,
                         seed=seed)
                     # EAMSGD trains its workers with its own Nesterov SGD (it says so)
