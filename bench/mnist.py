@@ -103,22 +103,26 @@ def staleness(trainer: Any) -> dict[str, Any]:
 
 
 def worker_timing(reports: list[dict], called: float, returned: float) -> dict[str, Any]:
-    """Start-up and steady-state speed from the workers' own clocks."""
+    """Start-up and steady-state speed from the workers' own clocks (the phases of
+    ``trainer.timings``, counted from ``called``)."""
+    from distkeras.monitor import phases_of
+
+    phases = phases_of(reports, called)
     firsts = [r["first_batch"] for r in reports if r.get("first_batch") is not None]
     samples = sum(int(r["samples"]) for r in reports)
+    ended = phases.get("last_worker_finished", returned - called)
     out: dict[str, Any] = {
         "workers_reported": len(reports),
         "rows_per_worker_min": min((r["rows"] for r in reports), default=None),
         "rows_per_worker_max": max((r["rows"] for r in reports), default=None),
         "samples_trained": samples,
-        "to_task_start_s": min((r["started"] for r in reports), default=called) - called,
-        "to_first_batch_s": (min(firsts) - called) if firsts else None,
+        "to_task_start_s": phases.get("first_task_started", 0.0),
+        "to_first_batch_s": phases.get("first_batch"),
         "to_first_batch_max_s": (max(firsts) - called) if firsts else None,
-        "after_last_worker_s": returned - max((r["finished"] for r in reports),
-                                              default=returned),
+        "after_last_worker_s": returned - called - ended,
     }
-    if firsts:
-        steady = max(r["finished"] for r in reports) - min(firsts)
+    if "first_batch" in phases:
+        steady = ended - phases["first_batch"]
         out["steady_s"] = steady
         out["samples_per_s"] = samples / steady if steady > 0 else None
     else:

@@ -120,19 +120,6 @@ def numpy_copy_seconds(num_params: int, reps: int | None = None) -> tuple[float,
     return float(np.median(times)), reps
 
 
-def _recv_exactly(sock: socket.socket, view: memoryview) -> bool:
-    """Fill ``view`` from ``sock`` with ``recv_into``; False on EOF before the first byte."""
-    received, total = 0, len(view)
-    while received < total:
-        n = sock.recv_into(view[received:], total - received)
-        if n == 0:
-            if received == 0:
-                return False
-            raise ConnectionError(f"echo peer closed after {received} of {total} bytes")
-        received += n
-    return True
-
-
 # ---- client process -------------------------------------------------------------------------
 def client_main() -> None:
     """Serve run requests from the parent over stdin/stdout (JSON lines) until 'exit'."""
@@ -162,6 +149,8 @@ def client_main() -> None:
 
 def client_echo(request: dict[str, Any]) -> dict[str, Any]:
     """Raw-socket echo: send ``nbytes``, receive them back; time each round trip."""
+    from distkeras.protocol import recv_exact  # what the parameter server's peers use
+
     nbytes = int(request["nbytes"])
     out = np.full(nbytes // 4, 1e-7, dtype=np.float32)  # the same bytes a commit carries
     inbox = np.empty_like(out)
@@ -172,12 +161,12 @@ def client_echo(request: dict[str, Any]) -> dict[str, Any]:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for _ in range(int(request["warmup"])):
             sock.sendall(out_view)
-            _recv_exactly(sock, in_view)
+            recv_exact(sock, in_view)
         durations = []
         for _ in range(int(request["iters"])):
             t0 = time.perf_counter()
             sock.sendall(out_view)
-            _recv_exactly(sock, in_view)
+            recv_exact(sock, in_view)
             durations.append(time.perf_counter() - t0)
     finally:
         sock.close()
@@ -272,11 +261,11 @@ class ClientPool:
 
 
 class EchoServer:
-    """A plain TCP echo on ``host`` in a thread of the bench process: read ``nbytes`` into a
-    preallocated buffer, write them back, until the client closes."""
+    """A plain TCP echo on ``host`` in a thread of the bench process: ``rounds`` times, read
+    ``nbytes`` into a preallocated buffer and write them back."""
 
-    def __init__(self, host: str, nbytes: int) -> None:
-        self.nbytes = nbytes
+    def __init__(self, host: str, nbytes: int, rounds: int) -> None:
+        self.nbytes, self.rounds = nbytes, rounds
         self.listener = socket.create_server((host, 0))
         self.listener.settimeout(60)
         self.address = self.listener.getsockname()[:2]
@@ -285,13 +274,16 @@ class EchoServer:
         self.thread.start()
 
     def _serve(self) -> None:
+        from distkeras.protocol import recv_exact
+
         try:
             conn, _ = self.listener.accept()
             with conn:
                 conn.settimeout(None)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 view = memoryview(bytearray(self.nbytes))
-                while _recv_exactly(conn, view):
+                for _ in range(self.rounds):
+                    recv_exact(conn, view)
                     conn.sendall(view)
         except BaseException as error:  # noqa: BLE001 - reported by close()
             self.error = error
@@ -308,7 +300,7 @@ def echo_seconds(pool: ClientPool, host: str, nbytes: int, iters: int,
                  warmup: int) -> dict[str, Any]:
     """Raw-socket echo of ``nbytes`` each way between ``host`` (a thread here) and the
     pool's first client: median, min and p99 seconds of a round trip."""
-    server = EchoServer(host, nbytes)
+    server = EchoServer(host, nbytes, warmup + iters)
     try:
         proc = pool.procs[0]
         pool.send(proc, {"cmd": "echo", "host": server.address[0], "port": server.address[1],

@@ -153,7 +153,6 @@ class ParameterServer:
         self._acceptor: threading.Thread | None = None
         self._stopping = threading.Event()
         self.error: str | None = None
-        self.stopped_early: str | None = None  # why the driver ended training early
         self.rejected_connections = 0
         # synchronous rounds: who meets, and what the round has summed so far
         self._rendezvous: Rendezvous[tuple] = Rendezvous(range(self.num_workers))
@@ -295,12 +294,17 @@ class ParameterServer:
         """End training gracefully: every worker's next request is answered STOP, after which
         it leaves without error (the Spark job completes)."""
         with self._lock:
-            if self.stopped_early is None:
-                self.stopped_early = reason
+            if self.history.stopped_early is None:
                 self.history.stopped_early = {"reason": reason,
                                               "records": len(self.history.records),
                                               "time": self.history.elapsed()}
             self._round.notify_all()
+
+    @property
+    def stopped_early(self) -> str | None:
+        """Why the driver ended training early (``history.stopped_early``), or None."""
+        stopped = self.history.stopped_early
+        return stopped["reason"] if stopped is not None else None
 
     def _watch(self) -> None:
         """Stop the run when a connected worker has been silent for ``stall_timeout``."""

@@ -143,7 +143,7 @@ class Trainer:
             (bytes of the worker's spill file, `0` when its rows were held in memory),
             `peak_rss` (the task's peak resident memory in bytes) and `base_rss` (its
             resident memory once the model was built, before its rows arrived).
-        timings: Where the last `train()` spent its time: seconds from the call to
+        timings: Where the last successful `train()` spent its time: seconds from the call to
             `train()` to the end of each phase, in order: `validated` (the columns
             planned and, with `validate=True`, every row checked by a first Spark job),
             `server_started`, `first_task_started` (the first training task began),
@@ -205,7 +205,6 @@ class Trainer:
         self.history = History()
         self.worker_reports: list[dict] = []
         self.timings: dict[str, float] = {}
-        self._training_time = 0.0
         self.algorithm = self._algorithm()  # validates the algorithm's arguments at once
 
     def _algorithm(self) -> algorithms.Algorithm:
@@ -217,7 +216,7 @@ class Trainer:
         Returns:
             The wall-clock seconds as a float; `0.0` before the first `train()` completes.
         """
-        return self._training_time
+        return self.timings.get("returned", 0.0)
 
     # ---- the run ----------------------------------------------------------------------
     #: seconds between two looks of the driver's loop at the job, the history and the epochs
@@ -316,14 +315,14 @@ class Trainer:
         loss = self.loss if self.loss is not None else self._compiled_loss()
         job = SparkJob(data, self.num_workers, self.single_worker, self.algorithm.synchronous,
                        name=f"distkeras {type(self).__name__}")
-        self.timings = {}
+        timings = {}  # published when the run succeeds, as get_training_time() always was
         plan, rows = self._check_data(job, loss, validate)
-        self.timings["validated"] = time.time() - started
+        timings["validated"] = time.time() - started
         bp = blueprint(self.keras_model, self.worker_optimizer, self.loss, self.metrics)
         layout, center, resumed = self._starting_point(resume_from)
         job.check_slots()
         server, address, token = self._start_server(job, layout, center, resumed, rows)
-        self.timings["server_started"] = time.time() - started
+        timings["server_started"] = time.time() - started
         spec = WorkerSpec(bp, self.algorithm, plan, layout, address, token,
                           self.batch_size, self.num_epoch, self.communication_window,
                           self.exchange_each_epoch, self.returns_replicas, shuffle, server.seed,
@@ -359,11 +358,11 @@ class Trainer:
             raise TrainingAborted(server.error)
         ends.end(center)
         model = self._result(ends.model, bp, layout)
-        self._training_time = time.time() - started
-        self.timings.update(phases_of(self.worker_reports, started))
-        self.timings["returned"] = self._training_time
-        self._say(f"distkeras: trained in {self._training_time:.1f}s "
-                  f"({describe_phases(self.timings)}), "
+        timings.update(phases_of(self.worker_reports, started))
+        timings["returned"] = time.time() - started
+        self.timings = timings
+        self._say(f"distkeras: trained in {timings['returned']:.1f}s "
+                  f"({describe_phases(timings)}), "
                   f"{self.history.samples_applied:,} samples applied in "
                   f"{len(self.history.commits):,} commits; "
                   f"{where_workers_ran(self.worker_reports)}")

@@ -267,3 +267,11 @@ def rounds_of(commits):
         assert max(r.time for r in earlier) <= min(r.time for r in later), \
             f"a commit of round {k + 1} arrived before round {k} was complete"
     return rounds
+
+
+def commits_after_stop(history) -> Counter:
+    """Per worker, the commits the server applied after the driver stopped the run early
+    (``history.stopped_early``): at most one each, a commit already on its way."""
+    stopped = history.stopped_early
+    assert stopped is not None, "the run was not stopped early"
+    return Counter(r.worker for r in history.records[stopped["records"]:] if r.committed)

@@ -217,17 +217,22 @@ class Host:
         self.log = self.directory / f"worker{self.starts}.log"
         self.starts += 1
         env = spark_env(self.directory, self.address)
-        shell = ("mount -t tmpfs -o size=1g,mode=1777 dkshm /dev/shm && exec \"$@\"")
-        command = ["ip", "netns", "exec", self.namespace, "unshare", "--mount",
-                   "--propagation", "private", "sh", "-c", shell, "sh", _spark_class(),
-                   "org.apache.spark.deploy.worker.Worker", self.cluster.url, "--host",
-                   self.address, "--cores", str(cores), "--memory", memory,
-                   "--webui-port", "0", "--work-dir", str(self.directory / "work")]
+        command = self.command([_spark_class(), "org.apache.spark.deploy.worker.Worker",
+                                self.cluster.url, "--host", self.address, "--cores", str(cores),
+                                "--memory", memory, "--webui-port", "0", "--work-dir",
+                                str(self.directory / "work")], shm_size="1g")
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(command, env=env, stdout=out,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             cwd=self.directory, start_new_session=True)
         wait_for_log(self.log, "Successfully registered with master", self.process, 120)
+
+    def command(self, argv: list[str], shm_size: str = "64m") -> list[str]:
+        """``argv`` run on this host (``ip netns exec``; the process keeps its pid) with its
+        own empty /dev/shm of ``shm_size``, as on another machine."""
+        shell = f"mount -t tmpfs -o size={shm_size},mode=1777 dkshm /dev/shm && exec \"$@\""
+        return ["ip", "netns", "exec", self.namespace, "unshare", "--mount", "--propagation",
+                "private", "sh", "-c", shell, "sh", *argv]
 
     def alive(self) -> bool:
         """Whether its Spark worker still runs."""
@@ -297,15 +302,9 @@ class HostNetwork:
             self.hosts.append(host)  # first: close() removes a half-made one too
             host.create()
 
-    def command(self, index: int, argv: list[str], private_shm: bool = True) -> list[str]:
-        """``argv`` run on host ``index`` (``ip netns exec``; the process keeps its pid),
-        with, by default, its own empty /dev/shm, as on another machine."""
-        prefix = ["ip", "netns", "exec", self.hosts[index].namespace]
-        if not private_shm:
-            return [*prefix, *argv]
-        shell = "mount -t tmpfs -o size=64m,mode=1777 dkshm /dev/shm && exec \"$@\""
-        return [*prefix, "unshare", "--mount", "--propagation", "private", "sh", "-c", shell,
-                "sh", *argv]
+    def command(self, index: int, argv: list[str]) -> list[str]:
+        """``argv`` run on host ``index``, with its own empty /dev/shm (:meth:`Host.command`)."""
+        return self.hosts[index].command(argv)
 
     def close(self) -> None:
         """Kill every process on the hosts, remove their namespaces and links, the bridge."""

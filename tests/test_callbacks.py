@@ -8,11 +8,10 @@ import csv
 import glob
 import os
 import time
-from collections import Counter
 
 import numpy as np
 import pytest
-from helpers import accuracy, mlp, one_hot
+from helpers import accuracy, commits_after_stop, mlp, one_hot
 
 import distkeras
 
@@ -110,8 +109,7 @@ def test_a_callback_that_stops_training_ends_the_run_at_that_epoch(digits_df, di
     assert run.history.samples_applied >= 4000 * 2
     # after the stop, only a commit already on its way per worker (the workers trained 3
     # more epochs meanwhile in the runs seen: the driver's latency, not theirs)
-    stopped = run.history.stopped_early
-    late = Counter(r.worker for r in run.history.records[stopped["records"]:] if r.committed)
+    late = commits_after_stop(run.history)
     assert all(count <= 1 for count in late.values()), late
     for final, stopped_at in zip(model.get_weights(), recorder.weights[-1]):
         np.testing.assert_array_equal(final, stopped_at)  # the stopping epoch's centre

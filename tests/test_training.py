@@ -6,14 +6,13 @@ size and epochs, measured here in the same run.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 from helpers import (  # noqa: F401 - reference_accuracy is a fixture
     BATCH,
     EPOCHS,
     TOLERANCE,
     accuracy,
+    commits_after_stop,
     mlp,
     one_hot,
     reference_accuracy,
@@ -262,7 +261,7 @@ def test_validation_history_and_early_stopping(spark, digits_df, digits):
     # (how many epochs they trained meanwhile depends on the driver's latency: 2 to 3 seen)
     stopped = stopper.history.stopped_early
     assert stopped is not None and "after epoch 2" in stopped["reason"], stopped
-    late = Counter(r.worker for r in stopper.history.records[stopped["records"]:] if r.committed)
+    late = commits_after_stop(stopper.history)
     assert all(count <= 1 for count in late.values()), late
     held_x, held_y = xt[:500], one_hot(yt[:500])
     restored = model.evaluate(held_x, held_y, verbose=0, return_dict=True)["loss"]
