@@ -22,10 +22,13 @@ from hosts import wait_for_log  # noqa: F401 - one log-waiting helper for every 
 from distkeras.workers import ServerLink
 
 # the MNIST training bar (tests/test_training.py): held-out accuracy within TOLERANCE of
-# model.fit with the same optimizer, BATCH size and EPOCHS
+# model.fit with the same optimizer, BATCH size and EPOCHS. 4 points: in a full run of the
+# suite (both backends) the asynchronous trainers reached 0.888-0.914 against model.fit's
+# 0.907-0.909, so a 3-point bar passed AEASGD by 0.9 of a point, about one binomial standard
+# deviation of a 1,000-digit held-out set; a trainer that does not train stays far below.
 EPOCHS = 5
 BATCH = 32
-TOLERANCE = 0.03
+TOLERANCE = 0.04
 
 
 def mlp(seed=1, hidden=64):

@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from helpers import BATCH, accuracy, mlp, server_threads
+from helpers import BATCH, TOLERANCE, accuracy, mlp, server_threads
 
 import distkeras
 from distkeras import checkpoint
@@ -44,7 +44,7 @@ def test_killed_worker_resumes_and_every_batch_is_applied_exactly_once(name, fau
     assert [1, 1] in run["attempts"], run["attempts"]  # partition 1 ran a second attempt
     assert run["resumed_after"]["1"] >= 0  # ... which resumed after the committed batches
     assert run["samples_applied"] == run["rows"] * run["epochs"]
-    assert run["accuracy"] >= run["reference_accuracy"] - 0.03
+    assert run["accuracy"] >= run["reference_accuracy"] - TOLERANCE
     assert run["threads_left"] == []
 
 
@@ -133,7 +133,7 @@ def test_checkpoint_resume_continues_where_the_run_stopped(spark, digits_df, dig
                               num_workers=2, batch_size=BATCH, num_epoch=epochs, verbose=0,
                               seed=11, communication_window=3)
     reference = accuracy(straight.train(digits_df), xt, yt)
-    assert accuracy(model, xt, yt) >= reference - 0.03
+    assert accuracy(model, xt, yt) >= reference - TOLERANCE
 
 
 def test_checkpoint_of_another_model_is_refused(digits_df, tmp_path):
