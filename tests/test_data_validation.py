@@ -225,9 +225,11 @@ def test_each_output_gets_its_own_loss_when_planning_labels(spark):
         assert [(c.shape, c.one_hot) for c in plan.labels] == [((), 0), ((1,), 0)]
 
 
-@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("kind", ["vector", "array"])
 def test_infinite_features_are_refused_naming_the_column(spark, kind, value):
+    """+inf, -inf and NaN, each in the middle of a row (the check reads an array's max and
+    min: a NaN must count as its max, -inf as its min)."""
     from pyspark.ml.linalg import Vectors, VectorUDT
     from pyspark.sql import types as T
 
