@@ -26,6 +26,7 @@ from .errors import StopTraining, WorkerError  # noqa: F401 - also importable fr
 from .memory import WORKER_MEMORY, PeakRSS, parse_size, rss
 from .precision import policy_of
 from .rendezvous import EXCHANGE, batch_schedule
+from .replica import BatchTrainer, replica_trainer
 from .rows import Order, RowSource, collect
 from .shared_memory import Segment
 from .spill import SpillDir, run_id
@@ -260,13 +261,13 @@ def train_partition(spec: WorkerSpec, partition: int,
     resume_after, transport = link.cursor, link.transport
     window = {"steps": 0, "loss": 0.0, "samples": 0}
     done = {"commits": 0, "samples": 0}
-    first_batch_at, model, num_rows = None, None, 0
+    first_batch_at, model, trainer, num_rows = None, None, None, 0
     source: RowSource | None = None
     base_rss = peak_rss = None
 
     def commit(step) -> None:
-        _exchange(spec, model, link, w, w0, window["steps"], window["loss"], window["samples"],
-                  step.index, f"epoch {step.epoch}, batch {step.batch}")
+        _exchange(spec, trainer, link, w, w0, window["steps"], window["loss"],
+                  window["samples"], step.index, f"epoch {step.epoch}, batch {step.batch}")
         done["commits"] += 1
         done["samples"] += window["samples"]
         window.update(steps=0, loss=0.0, samples=0)
@@ -276,6 +277,7 @@ def train_partition(spec: WorkerSpec, partition: int,
             device.enter_context(placement.scope())
             model = spec.blueprint.build(
                 spec.algorithm.worker_optimizer(spec.blueprint.optimizer), spec.dtype_policy)
+            trainer = replica_trainer(model)
             base_rss = rss()
             source = load()
         num_rows = source.rows
@@ -293,9 +295,8 @@ def train_partition(spec: WorkerSpec, partition: int,
                 continue
             # the first step compiles, which may take long: the keep-alive speaks meanwhile
             with link.keepalive() if first_batch_at is None else contextlib.nullcontext():
-                loss = model.train_on_batch(*source.take(step.epoch, step.rows))
+                loss = trainer.train(*source.take(step.epoch, step.rows))
             first_batch_at = first_batch_at or time.time()
-            loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
             if not math.isfinite(loss):
                 _fail(link, f"worker {partition}: training loss is {loss} at epoch "
                             f"{step.epoch}, batch {step.batch}; lower the learning rate or "
@@ -313,6 +314,8 @@ def train_partition(spec: WorkerSpec, partition: int,
         device.close()
         link.close()
         peak_rss = memory.stop()
+    if trainer is not None:
+        trainer.sync()  # the model holds what it trained (the JAX state; see replica.py)
     commits, trained = done["commits"], done["samples"]
     return {"worker": partition, "attempt": attempt, "rows": num_rows, "commits": commits,
             "weights": spec.layout.flatten(model.get_weights())
@@ -334,8 +337,11 @@ def _fail(link: ServerLink, message: str) -> None:
     raise WorkerError(message)
 
 
-def _exchange(spec: WorkerSpec, model, link: ServerLink, w: np.ndarray, w0: np.ndarray,
-              steps: int, loss_sum: float, samples: int, last_batch: int, where: str) -> None:
+def _exchange(spec: WorkerSpec, trainer: BatchTrainer, link: ServerLink, w: np.ndarray,
+              w0: np.ndarray, steps: int, loss_sum: float, samples: int, last_batch: int,
+              where: str) -> None:
+    trainer.sync()
+    model = trainer.model
     spec.layout.flatten(model.get_weights(), out=w)
     if not wire.all_finite(w):
         _fail(link, f"worker {link.worker}: the model's weights became NaN/inf by {where} "
