@@ -119,16 +119,23 @@ class Independent(Algorithm):
 
 
 class DOWNPOUR(Algorithm):
-    """Dean et al. 2012. Worker: ``send W - W0; W <- W0 <- C``. Server: ``C <- C + delta``.
+    """Dean et al. 2012. Worker: ``send scale * (W - W0); W <- W0 <- C``. Server:
+    ``C <- C + delta``.
 
-    With ``lock=False`` the server applies commits without its lock: Hogwild (Recht 2011).
+    ``scale`` 1 is the original rule; the DOWNPOUR trainer passes 1/n, so that n workers
+    together move the centre as far as one would (see docs/algorithms.md). With
+    ``lock=False`` the server applies commits without its lock: Hogwild (Recht 2011).
     """
 
-    def __init__(self, lock: bool = True):
+    def __init__(self, lock: bool = True, scale: float = 1.0):
         self.locked = bool(lock)
+        self.scale = _positive("scale", scale)
 
     def delta(self, w: np.ndarray, w0: np.ndarray, steps: int) -> np.ndarray:
-        return np.subtract(w, w0)
+        d = np.subtract(w, w0)
+        if self.scale != 1.0:
+            d *= np.float32(self.scale)
+        return d
 
     def exchange(self, link, w, w0, steps):
         c = link.commit_and_pull(self.delta(w, w0, steps))
@@ -139,7 +146,7 @@ class DOWNPOUR(Algorithm):
         np.add(c, update, out=c)
 
     def get_config(self):
-        return {"lock": self.locked}
+        return {"lock": self.locked, "scale": self.scale}
 
 
 class AGN(DOWNPOUR):

@@ -109,6 +109,33 @@ def test_downpour_worker_sends_delta_and_takes_the_centre():
     assert_allclose(w0, c)
 
 
+def test_downpour_with_a_scale_sends_that_share_of_its_change():
+    # centre [1, 2], worker at [1.6, 1.0]: change [0.6, -1.0]; a quarter of it reaches C
+    w, w0, c = exchange_once(algorithms.DOWNPOUR(scale=0.25), [1.0, 2.0], [1.6, 1.0])
+    assert_allclose(c, [1.15, 1.75])
+    assert_allclose(w, c)
+    assert_allclose(w0, c)
+    with pytest.raises(ValueError, match="scale"):
+        algorithms.DOWNPOUR(scale=0)
+
+
+def test_the_downpour_trainer_sends_one_nth_unless_told_otherwise():
+    """The trainer's default share is 1/num_workers (docs/algorithms.md: the original rule
+    moves the centre n times as far as model.fit would with the same optimizer)."""
+    import keras
+
+    import distkeras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    assert distkeras.DOWNPOUR(model, loss="mse", num_workers=4).algorithm.scale == 0.25
+    assert distkeras.DOWNPOUR(model, loss="mse", num_workers=1).algorithm.scale == 1.0
+    original = distkeras.DOWNPOUR(model, loss="mse", num_workers=4, delta_scale=1.0)
+    assert original.algorithm.scale == 1.0
+    assert distkeras.DOWNPOUR(model, loss="mse", num_workers=3,
+                              lock=False).algorithm.get_config() == {"lock": False,
+                                                                     "scale": 1 / 3}
+
+
 def test_hogwild_applies_without_the_lock_and_gives_the_same_sum():
     w, _, c = exchange_once(algorithms.DOWNPOUR(lock=False), [1.0, 2.0], [0.0, 0.0])
     assert_allclose(c, [0.0, 0.0])
