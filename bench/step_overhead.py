@@ -23,22 +23,10 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
 
 import numpy as np
 from _common import emit, log, machine_info, utc_now
-
-
-def build(steps_per_execution: int = 1) -> Any:
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(256, activation="relu"),
-                              keras.layers.Dense(256, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy",
-                  steps_per_execution=steps_per_execution)
-    return model
+from first_run import build_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,14 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     timed = {}
 
     log("step_overhead: fit")
-    model = build()
+    model = build_model(0, metrics=())
     model.fit(x[:b * 20], y[:b * 20], batch_size=b, verbose=0)
     started = time.perf_counter()
     model.fit(x, y, batch_size=b, epochs=1, shuffle=False, verbose=0)
     timed[("fit", None)] = time.perf_counter() - started
 
     log("step_overhead: train_on_batch")
-    model = build()
+    model = build_model(0, metrics=())
     model.train_on_batch(x[:b], y[:b])
     started = time.perf_counter()
     for i in range(n):
@@ -79,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for spe in (1, w):
         log(f"step_overhead: fit per window, steps_per_execution={spe}")
-        model = build(spe)
+        model = build_model(0, spe, metrics=())
         model.fit(x[:b * w], y[:b * w], batch_size=b, verbose=0, shuffle=False)
         started = time.perf_counter()
         for i in range(0, n, w):

@@ -58,7 +58,7 @@ class JaxBatchTrainer(BatchTrainer):
         if self._state is None:
             self._state = model._get_jax_state(
                 trainable_variables=True, non_trainable_variables=True,
-                optimizer_variables=True, metrics_variables=False) + (None,)
+                optimizer_variables=True, metrics_variables=True)
         trainable, non_trainable, optimizer, _ = self._state
         # the step donates its state: the reset metrics are copied for every batch
         metrics = [jax.numpy.array(v, copy=True) for v in self._fresh_metrics]

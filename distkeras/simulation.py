@@ -62,6 +62,7 @@ from .algorithms import Algorithm, Session
 from .data import is_sparse_loss
 from .history import History
 from .rendezvous import TRAIN, Rendezvous, batch_schedule
+from .replica import replica_trainer
 from .workers import WorkerError, batch_order
 
 __all__ = ["SimulationResult", "Speeds", "Trace", "shards", "simulate", "simulate_trainer",
@@ -404,6 +405,7 @@ class _Trainer:
 
     def __init__(self, bp: Any, algorithm: Algorithm, layout: protocol.Layout):
         self.model = bp.build(algorithm.worker_optimizer(bp.optimizer))
+        self.trainer = replica_trainer(self.model)  # batch by batch, as a real worker trains
         self.layout = layout
         optimizer = self.model.optimizer
         optimizer.build(self.model.trainable_variables)
@@ -422,13 +424,13 @@ class _Trainer:
         self.model.set_weights(self.layout.unflatten(replica.w))
         loss_sum, samples = 0.0, 0
         for index in batches:
-            loss = self.model.train_on_batch(replica.x[index], replica.y[index])
-            loss = float(loss[0] if isinstance(loss, (list, tuple)) else loss)
+            loss = self.trainer.train(replica.x[index], replica.y[index])
             if not math.isfinite(loss):
                 raise WorkerError(f"worker {replica.index}: training loss is {loss}; lower the "
                                   f"learning rate or check the data for NaN/inf")
             loss_sum += loss
             samples += len(index)
+        self.trainer.sync()
         self.layout.flatten(self.model.get_weights(), out=replica.w)
         if not protocol.all_finite(replica.w):
             raise WorkerError(f"worker {replica.index}: the model's weights became NaN/inf")
