@@ -69,6 +69,19 @@ def held_out_accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(model.predict(x, batch_size=500, verbose=0).argmax(axis=1) == y))
 
 
+def evaluate(expression: str, n: int) -> Any:
+    """A ``--set`` value: arithmetic in ``n`` only (no names, no calls)."""
+    import ast
+
+    tree = ast.parse(expression, mode="eval")
+    allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load,
+               ast.operator, ast.unaryop)
+    for node in ast.walk(tree):
+        if not isinstance(node, allowed) or (isinstance(node, ast.Name) and node.id != "n"):
+            raise SystemExit(f"--set {expression!r}: only numbers, n and + - * / ** allowed")
+    return eval(compile(tree, "--set", "eval"), {"__builtins__": {}}, {"n": n})  # noqa: S307
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per (trainer, optimizer, n): mean and spread over seeds against model.fit."""
     fit: dict[str, list[float]] = {}
@@ -107,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-over-n", action="store_true",
                         help="the remedy to measure: the trainers' model is compiled with the "
                              "learning rate divided by n (model.fit keeps it)")
+    parser.add_argument("--set", action="append", default=[], metavar="ARG=EXPR",
+                        help="a trainer argument for every trainer run, as an arithmetic "
+                             "expression in n (e.g. communication_window=2*n); repeatable")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -114,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizers = [o for o in args.optimizers.split(",") if o]
     counts = [int(n) for n in args.workers.split(",") if n]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    settings = dict(item.split("=", 1) for item in args.set)
     unknown = [o for o in optimizers if o not in OPTIMIZERS]
     if unknown or not names or not counts or not seeds:
         raise SystemExit(f"bad arguments: unknown optimizers {unknown}" if unknown else
@@ -130,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                                ["features", "label"]).cache()
     df.count()
     common = {"bench": "optimizers", "epochs": args.epochs, "batch_size": args.batch_size,
-              "train_rows": TRAIN, "test_rows": HOLDOUT}
+              "train_rows": TRAIN, "test_rows": HOLDOUT, "set": args.set}
     runs: list[dict[str, Any]] = []
 
     def record(line: dict[str, Any]) -> None:
@@ -150,13 +167,13 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 for n in counts:
                     log(f"optimizers: {name}, {optimizer}, n={n}, seed {seed}")
+                    extra = {key: evaluate(expr, n) for key, expr in settings.items()}
                     line = {"run": name, "optimizer": optimizer, "n": n, "seed": seed,
-                            "lr_over_n": args.lr_over_n}
+                            "lr_over_n": args.lr_over_n, "settings": extra}
                     trainer = getattr(distkeras, name)(
                         compiled_model(optimizer, seed, 1 / n if args.lr_over_n else 1.0),
-                        num_workers=n,
-                        batch_size=args.batch_size, num_epoch=args.epochs, verbose=0,
-                        seed=seed)
+                        **{"num_workers": n, "batch_size": args.batch_size,
+                           "num_epoch": args.epochs, "verbose": 0, "seed": seed, **extra})
                     # EAMSGD trains its workers with its own Nesterov SGD (it says so)
                     line["worker_optimizer"] = "EAMSGD's SGD" if name == "EAMSGD" \
                         else OPTIMIZERS[optimizer][0]

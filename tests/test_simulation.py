@@ -207,10 +207,12 @@ def test_easgd_trainer_rejects_an_unstable_elastic_rate():
     import distkeras
 
     with pytest.raises(ValueError, match=r"num_workers=64.*\(num_workers \+ 1\) \* alpha < 2"):
-        distkeras.EASGD(tiny_model(), loss="categorical_crossentropy", num_workers=64)
-    distkeras.EASGD(tiny_model(), loss="categorical_crossentropy", num_workers=32)  # 1.65: ok
+        distkeras.EASGD(tiny_model(), loss="categorical_crossentropy", num_workers=64, rho=5.0)
+    distkeras.EASGD(tiny_model(), loss="categorical_crossentropy", num_workers=32,
+                    rho=5.0)  # (n + 1) alpha = 1.65: ok
     distkeras.EASGD(tiny_model(), loss="categorical_crossentropy", num_workers=64,
                     rho=0.9 / (64 * 0.01))
+    distkeras.EASGD(tiny_model(), loss="categorical_crossentropy", num_workers=64)  # rho=None
 
 
 def test_bad_speeds_are_rejected():

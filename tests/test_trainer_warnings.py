@@ -1,8 +1,10 @@
 """Construction-time warnings of the elastic-averaging trainers (no Spark needed).
 
-AEASGD and EASGD: alpha = rho * learning_rate uses the trainer's ``learning_rate``, so a
-worker optimizer with another learning rate is worth a warning. EAMSGD: the worker optimizer
-is replaced by Nesterov SGD, so a given one is worth a warning (and only that one).
+AEASGD and EASGD: with a ``rho`` given, alpha = rho * learning_rate uses the trainer's
+``learning_rate``, so a worker optimizer with another learning rate is worth a warning; with
+the default ``rho=None``, alpha = 0.9 / num_workers does not depend on it, so nothing is.
+EAMSGD: the worker optimizer is replaced by Nesterov SGD, so a given one is worth a warning
+(and only that one).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def tiny(compile_with=None):
 
 
 def make(cls, model, **kwargs):
-    return cls(model, loss="mse", num_workers=2, verbose=0, **kwargs)
+    return cls(model, loss="mse", **{"num_workers": 2, "verbose": 0, **kwargs})
 
 
 def no_warning(cls, model, **kwargs):
@@ -44,24 +46,37 @@ def test_elastic_trainers_warn_when_the_optimizer_rate_differs(cls, optimizer, r
     with pytest.warns(UserWarning, match=rf"learning rate is {rate} but learning_rate=0\.01; "
                                          r"the elastic coefficient alpha = rho \* "
                                          r"learning_rate = 0\.05 uses the trainer's"):
-        make(cls, tiny(), worker_optimizer=optimizer)
+        make(cls, tiny(), worker_optimizer=optimizer, rho=5.0)
 
 
 def test_the_compiled_optimizer_counts_when_none_is_given():
     with pytest.warns(UserWarning, match=r"learning rate is 0\.3 but learning_rate=0\.02"):
-        make(AEASGD, tiny(keras.optimizers.SGD(0.3)), learning_rate=0.02)
+        make(AEASGD, tiny(keras.optimizers.SGD(0.3)), learning_rate=0.02, rho=5.0)
     # a worker_optimizer given overrides the compiled one
-    no_warning(AEASGD, tiny(keras.optimizers.SGD(0.3)), worker_optimizer=SGD_001)
+    no_warning(AEASGD, tiny(keras.optimizers.SGD(0.3)), worker_optimizer=SGD_001, rho=5.0)
 
 
 @pytest.mark.parametrize("cls", [AEASGD, EASGD])
 def test_no_warning_when_the_rates_agree_or_are_unknown(cls):
-    no_warning(cls, tiny(), worker_optimizer=SGD_001, learning_rate=0.01)
+    no_warning(cls, tiny(), worker_optimizer=SGD_001, learning_rate=0.01, rho=5.0)
     no_warning(cls, tiny(), worker_optimizer="adam", learning_rate=0.001, rho=5.0)
-    no_warning(cls, tiny(keras.optimizers.Adam(0.01)))
-    no_warning(cls, tiny())  # nothing given: nothing to compare
+    no_warning(cls, tiny(keras.optimizers.Adam(0.01)), rho=5.0)
+    no_warning(cls, tiny(), rho=5.0)  # nothing given: nothing to compare
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)
-    no_warning(cls, tiny(), worker_optimizer=keras.optimizers.SGD(schedule))
+    no_warning(cls, tiny(), worker_optimizer=keras.optimizers.SGD(schedule), rho=5.0)
+
+
+@pytest.mark.parametrize("cls", [AEASGD, EASGD])
+@pytest.mark.parametrize("workers", [1, 2, 4, 64])
+def test_default_rho_makes_the_workers_pull_the_centre_nine_tenths_of_the_way(cls, workers):
+    """rho=None: alpha = 0.9 / n whatever learning_rate and the optimizer say, so nothing
+    is worth a warning (and EASGD's stability bound (n + 1) alpha < 2 always holds)."""
+    for rate in (0.01, 0.2):
+        trainer = no_warning(cls, tiny(keras.optimizers.Adam()), num_workers=workers,
+                             learning_rate=rate)
+        assert trainer.algorithm.alpha == pytest.approx(0.9 / workers)
+    with pytest.raises(ValueError, match="learning_rate must be > 0, got 0"):
+        make(cls, tiny(), learning_rate=0)
 
 
 def test_learning_rate_reader():
@@ -75,17 +90,46 @@ def test_learning_rate_reader():
 
 
 @pytest.mark.parametrize("model, kwargs, source", [
-    (tiny(), {"worker_optimizer": "adam"}, "worker_optimizer"),
-    (tiny(), {"worker_optimizer": SGD_001}, "worker_optimizer"),
-    (tiny("rmsprop"), {}, "the model's compiled optimizer"),
+    (tiny(), {"worker_optimizer": "adam"}, "worker_optimizer (Adam)"),
+    (tiny(), {"worker_optimizer": SGD_001}, "worker_optimizer (SGD)"),
+    (tiny("rmsprop"), {}, "the model's compiled optimizer (RMSprop)"),
 ])
 def test_eamsgd_warns_once_that_the_optimizer_is_replaced(model, kwargs, source):
     with pytest.warns(UserWarning) as record:
         make(EAMSGD, model, learning_rate=0.02, momentum=0.8, **kwargs)
     messages = [str(w.message) for w in record if issubclass(w.category, UserWarning)]
+    advice = "" if "SGD" in source else (" (it ended 3.1 to 4.3 points below model.fit with "
+                                         "Adam; AEASGD keeps the optimizer)")
     assert messages == [f"EAMSGD trains the workers with SGD(learning_rate=0.02, momentum=0.8, "
-                        f"nesterov=True); {source} is not used"]
+                        f"nesterov=True); {source} is not used{advice}"]
 
 
 def test_eamsgd_is_silent_without_an_optimizer():
-    no_warning(EAMSGD, tiny())
+    trainer = no_warning(EAMSGD, tiny())
+    assert (trainer.algorithm.learning_rate, trainer.algorithm.momentum) == (0.01, 0.9)
+
+
+@pytest.mark.parametrize("optimizer, rate, momentum", [
+    (keras.optimizers.SGD(0.05, momentum=0.9), 0.05, 0.9),  # tuned for model.fit: kept
+    (keras.optimizers.SGD(0.1, momentum=0.5), 0.1, 0.5),
+    (keras.optimizers.SGD(0.03), 0.03, 0.9),  # no momentum: EAMSGD's own
+    ("sgd", 0.01, 0.9),
+])
+def test_eamsgd_adopts_the_users_sgd(optimizer, rate, momentum):
+    """A model.fit-tuned SGD carries over (its rate and momentum; Nesterov added), silently."""
+    for trainer in (no_warning(EAMSGD, tiny(optimizer)),
+                    no_warning(EAMSGD, tiny(), worker_optimizer=optimizer)):
+        rule = trainer.algorithm
+        assert (rule.learning_rate, rule.momentum) == pytest.approx((rate, momentum))
+        assert rule.alpha == pytest.approx(0.9 / 2)  # rho=None: independent of the rate
+        assert rule.worker_optimizer(None)["config"] == pytest.approx(
+            {"learning_rate": rate, "momentum": momentum, "nesterov": True})
+
+
+def test_eamsgd_replaces_adam_with_its_own_sgd():
+    with pytest.warns(UserWarning, match=r"SGD\(learning_rate=0\.01, momentum=0\.9, "
+                                         r"nesterov=True\); the model's compiled optimizer "
+                                         r"\(Adam\) is not used \(it ended 3\.1 to 4\.3 "
+                                         r"points below model\.fit with Adam; AEASGD keeps"):
+        trainer = make(EAMSGD, tiny(keras.optimizers.Adam(0.05)))
+    assert (trainer.algorithm.learning_rate, trainer.algorithm.momentum) == (0.01, 0.9)
