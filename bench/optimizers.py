@@ -174,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
                         compiled_model(optimizer, seed, 1 / n if args.lr_over_n else 1.0),
                         **{"num_workers": n, "batch_size": args.batch_size,
                            "num_epoch": args.epochs, "verbose": 0, "seed": seed, **extra})
-                    # EAMSGD trains its workers with its own Nesterov SGD (it says so)
-                    line["worker_optimizer"] = "EAMSGD's SGD" if name == "EAMSGD" \
-                        else OPTIMIZERS[optimizer][0]
+                    # EAMSGD trains its workers with a Nesterov SGD: the user's SGD's rate and
+                    # momentum, or its own in place of another optimizer (it says so)
+                    rule = trainer.algorithm
+                    line["worker_optimizer"] = (
+                        f"SGD({rule.learning_rate:g}, momentum={rule.momentum:g}, nesterov)"
+                        if name == "EAMSGD" else OPTIMIZERS[optimizer][0])
                     started = time.time()
                     try:
                         trained = trainer.train(df)

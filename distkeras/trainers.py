@@ -538,7 +538,7 @@ class AGN(Trainer):
     took, so that a long window does not make a large step at the server. Default
     `communication_window`: 4 (the centre moves about n / window times as far per sample as
     `model.fit` moves its model: with Adam at its defaults, windows of 12 ended 3.5 to 4
-    points below `model.fit`, windows of 4 within 2; see docs/algorithms.md).
+    points below `model.fit`, windows of 4 0.9 to 1.2; see docs/algorithms.md).
 
     ```python
     # worker, every communication_window steps (W0: the centre it last pulled)
@@ -670,8 +670,9 @@ class AEASGD(Trainer):
         rho: The elastic force, > 0. `None` means `0.9 / (num_workers * learning_rate)`:
             `alpha = 0.9 / num_workers`, so that the n workers together pull the centre
             `num_workers * alpha = 0.9` of the way (Zhang et al.'s beta), whatever the
-            workers' optimizer. With Adam that gained 1.3 to 2.1 points over the former
-            fixed `rho=5.0` (alpha 0.05; see docs/algorithms.md). Defaults to `None`.
+            workers' optimizer. With Adam, AEASGD ended 2.5 and 4.3 points below
+            `model.fit` (2 and 4 workers) with the former fixed `rho=5.0` (alpha 0.05), 0.6
+            and 1.8 with this (see docs/algorithms.md). Defaults to `None`.
         learning_rate: The learning rate in `alpha = rho * learning_rate`, > 0. The
             workers train with `worker_optimizer` and its own learning rate; when `rho` is
             given, a `UserWarning` says so if the two differ. Defaults to `0.01`.
@@ -719,8 +720,9 @@ class EAMSGD(AEASGD):
     user's optimizer (`worker_optimizer`, else the model's compiled one) is an `SGD`, its
     learning rate and momentum are the defaults, so an SGD tuned for `model.fit` carries
     over. Any other optimizer (Adam, say) is replaced by that SGD, and a `UserWarning` says
-    so: with Adam compiled, EAMSGD's SGD at 0.01 ended 3.1 to 4.3 points below `model.fit`
-    with Adam, where AEASGD, which keeps the optimizer, was within 2.2 (docs/algorithms.md).
+    so: with Adam compiled, EAMSGD's SGD at 0.01 ended 2.6 and 4.0 points below `model.fit`
+    with Adam (2 and 4 workers), where AEASGD, which keeps the optimizer, was within 1.8
+    (docs/algorithms.md).
     Default `communication_window`: 32.
 
     ```python
@@ -756,7 +758,7 @@ class EAMSGD(AEASGD):
         kept = (name == "SGD" and _constant(config.get("learning_rate")) == rule.learning_rate
                 and _constant(config.get("momentum")) in (rule.momentum, 0.0))
         if not kept:
-            advice = (" (it ended 3.1 to 4.3 points below model.fit with Adam; AEASGD keeps "
+            advice = (" (with Adam it ended 2.6 to 4.0 points below model.fit; AEASGD keeps "
                       "the optimizer)" if name != "SGD" else "")
             warnings.warn(
                 f"EAMSGD trains the workers with SGD(learning_rate={rule.learning_rate:g}, "
