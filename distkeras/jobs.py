@@ -104,7 +104,9 @@ class SparkJob:
             self._error = error
 
     def _run_arrow(self, spec, plan, repartition) -> list[dict]:
-        frame = plan.arrow_frame(self.partitioned(self.data.select(*plan.names), repartition))
+        # converted before the shuffle: Vectors become float32 arrays, half the bytes of the
+        # doubles the shuffle would otherwise write, sort and read
+        frame = self.partitioned(plan.arrow_frame(self.data), repartition)
         shipped = self._shipped
 
         backend = spec.backend

@@ -32,6 +32,28 @@ def worker_environment() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def default_driver_memory(physical_bytes: int | None = None) -> str:
+    """The heap a local session's JVM gets unless told otherwise, as a
+    ``spark.driver.memory`` value: 2 GiB, or a quarter of a smaller machine's memory (at
+    least Spark's own 1 GiB).
+
+    Why: in local mode the executors live in the driver's JVM, so its heap holds the cached
+    DataFrame, the shuffle before training and every task. With Spark's 1 GiB,
+    bench/first_run.py (100,000 cached 784-wide rows) died in 2 of 4 runs
+    (``OutOfMemoryError`` in the repartition, then py4j's "Connection refused"). Larger
+    heaps made its first ``train()`` slower on the 2-core build machine: 12.5-13.4 s at
+    2 GiB, 14.4-14.6 s at 4 GiB, 14.9-15.5 s at 6 GiB. More data wants
+    ``spark_driver_memory`` (or a cluster).
+    """
+    if physical_bytes is None:
+        try:
+            physical_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            physical_bytes = 0
+    mib = min(max(1024, int(physical_bytes) // 4 // 2**20), 2048)
+    return f"{mib}m"
+
+
 def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retries: int = 0,
                   **conf: str):
     """A local SparkSession with ``num_workers`` task slots, ready for distkeras.
@@ -48,7 +70,10 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
         task_retries: How many times Spark retries a failed task (local mode does not
             retry by default). Defaults to `0`.
         **conf: Extra Spark settings, dots written as ``_``
-            (``spark_executor_memory="2g"`` sets ``spark.executor.memory``).
+            (``spark_executor_memory="2g"`` sets ``spark.executor.memory``). The driver's
+            heap, where a local session's tasks run, defaults to `default_driver_memory()`
+            (2 GiB, less on a machine under 8 GiB) unless ``spark_driver_memory`` or the
+            ``SPARK_DRIVER_MEMORY`` environment variable says otherwise.
 
     Returns:
         The `pyspark.sql.SparkSession`, its log level set to ERROR.
@@ -78,6 +103,8 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
                .config("spark.sql.shuffle.partitions", str(max(2, int(num_workers))))
                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                .config("spark.python.worker.reuse", "true"))
+    if not os.environ.get("SPARK_DRIVER_MEMORY"):
+        builder = builder.config("spark.driver.memory", default_driver_memory())
     for key, value in conf.items():
         builder = builder.config(key.replace("_", "."), value)
     session = builder.getOrCreate()
