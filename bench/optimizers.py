@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from _common import emit, log, machine_info, utc_now
+from mnist import accuracy
 
 DEFAULT_TRAINERS = "DOWNPOUR,AGN,ADAG,DynSGD,AEASGD,EAMSGD,AveragingTrainer,EASGD"
 OPTIMIZERS = {  # name -> (class, arguments): SGD as tuned for model.fit on this task
@@ -63,10 +64,6 @@ def compiled_model(optimizer: str, seed: int, scale: float = 1.0) -> Any:
     model.compile(optimizer=getattr(keras.optimizers, cls)(**kwargs),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
-
-
-def held_out_accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(model.predict(x, batch_size=500, verbose=0).argmax(axis=1) == y))
 
 
 def evaluate(expression: str, n: int) -> Any:
@@ -162,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, shuffle=True,
                       verbose=0)
             record({"run": "model.fit", "optimizer": optimizer, "n": 1, "seed": seed,
-                    "accuracy": held_out_accuracy(model, xt, yt),
+                    "accuracy": accuracy(model, xt, yt),
                     "train_s": time.time() - started})
             for name in names:
                 for n in counts:
@@ -183,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     started = time.time()
                     try:
                         trained = trainer.train(df)
-                        line["accuracy"] = held_out_accuracy(trained, xt, yt)
+                        line["accuracy"] = accuracy(trained, xt, yt)
                     except Exception as error:  # noqa: BLE001 - recorded, the bench goes on
                         line["error"] = f"{type(error).__name__}: {error}"
                         log(f"optimizers: {name} failed: {line['error']}")

@@ -748,32 +748,29 @@ class EAMSGD(AEASGD):
     def __init__(self, keras_model, *args, learning_rate: float | None = None,
                  momentum: float | None = None, **kwargs):
         self.momentum = momentum
+        self._replaced: tuple[str, str] | None = None  # (source, class) of one not used
         super().__init__(keras_model, *args, learning_rate=learning_rate, **kwargs)
-        given = _user_optimizer(self)
-        if given is None:
-            return
-        read = _optimizer_config(given[0])
-        name, config = read if read else (type(given[0]).__name__, {})
-        rule = self.algorithm
-        kept = (name == "SGD" and _constant(config.get("learning_rate")) == rule.learning_rate
-                and _constant(config.get("momentum")) in (rule.momentum, 0.0))
-        if not kept:
-            advice = (" (with Adam it ended 2.6 to 4.0 points below model.fit; AEASGD keeps "
-                      "the optimizer)" if name != "SGD" else "")
+        if self._replaced is not None:
+            (source, name), rule = self._replaced, self.algorithm
+            advice = ("" if name == "SGD" else " (with Adam it ended 2.6 to 4.0 points below "
+                      "model.fit; AEASGD keeps the optimizer)")
             warnings.warn(
                 f"EAMSGD trains the workers with SGD(learning_rate={rule.learning_rate:g}, "
-                f"momentum={rule.momentum:g}, nesterov=True); {given[1]} ({name}) is not "
+                f"momentum={rule.momentum:g}, nesterov=True); {source} ({name}) is not "
                 f"used{advice}", UserWarning, stacklevel=2)
 
     def _algorithm(self):
+        """The Nesterov SGD from the user's SGD (read once here), noting in ``_replaced``
+        an optimizer of the user's that it does not match."""
         given = _user_optimizer(self)
         read = _optimizer_config(given[0]) if given else None
-        sgd = read[1] if read and read[0] == "SGD" else {}
-        rate, momentum = self.learning_rate, self.momentum
-        if rate is None:
-            rate = _constant(sgd.get("learning_rate")) or 0.01
-        if momentum is None:
-            momentum = _constant(sgd.get("momentum")) or 0.9
+        name, config = read if read else (type(given[0]).__name__ if given else None, {})
+        sgd = config if name == "SGD" else {}
+        own_rate, own_momentum = _constant(sgd.get("learning_rate")), _constant(sgd.get("momentum"))
+        rate = self.learning_rate if self.learning_rate is not None else own_rate or 0.01
+        momentum = self.momentum if self.momentum is not None else own_momentum or 0.9
+        kept = name == "SGD" and own_rate == rate and own_momentum in (momentum, 0.0)
+        self._replaced = None if given is None or kept else (given[1], name)
         return algorithms.EAMSGD(rho=self._elastic_rho(rate), learning_rate=rate,
                                  momentum=momentum)
 
