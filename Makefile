@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # test extra (JAX); `make test-backend BACKEND=torch` runs them on any backend you installed
 BACKEND_TESTS := tests/test_training.py tests/test_synchronous.py tests/test_callbacks.py \
 	tests/test_predictors.py tests/test_ml.py tests/test_models.py tests/test_reliability.py \
-	tests/test_connect.py tests/test_devices.py tests/test_replica.py
+	tests/test_connect.py tests/test_devices.py tests/test_replica.py tests/test_local_session.py
 BACKEND_SELECT := not killed and not diverging and not ctrl_c
 BACKEND ?= jax
 

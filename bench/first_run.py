@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
+    parser.add_argument("--no-preload", dest="preload", action="store_false",
+                        help="local_session(preload=False): each Python worker imports the "
+                             "backend's library itself, as before the preloading daemon")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -85,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
 
     log("first_run: a fresh session, the DataFrame cached")
     started = time.time()
-    spark = distkeras.local_session(args.workers, app_name="distkeras-bench-first-run")
+    spark = distkeras.local_session(args.workers, app_name="distkeras-bench-first-run",
+                                    preload=args.preload)
     session_s = time.time() - started
     try:
+        started = time.time()
         df = make_dataframe(spark, x, y, repeat, args.workers)
+        data_s = time.time() - started
         for run in ("first", "second"):
             log(f"first_run: {run} train()")
             trainer = getattr(distkeras, args.trainer)(
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             emit({**common, "run": run, "train_s": returned - called,
                   "x_fit": (returned - called) / fit_s, "target_x_fit": TARGETS[run],
                   "session_s": session_s if run == "first" else None,
+                  "data_s": data_s if run == "first" else None, "preload": args.preload,
                   "phases": {k: round(v, 3) for k, v in trainer.timings.items()},
                   "to_first_batch_s": timing["to_first_batch_s"],
                   "steady_s": timing["steady_s"], "samples_per_s": timing["samples_per_s"],

@@ -10,9 +10,12 @@ anything that may import Keras (a loss function, a custom layer).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
+import warnings
 
+from .daemon import UNCLAIMED_ENV
 from .errors import BackendError
 
 #: backend name -> (the module it needs, what to install for it)
@@ -31,6 +34,32 @@ def driver_backend() -> str:
     return keras.backend.backend()
 
 
+def configured_backend() -> str:
+    """The backend Keras runs, or will run when this process imports it: Keras' own choice
+    (``KERAS_BACKEND``, then ``keras.json`` in ``KERAS_HOME`` or ``~/.keras``, then
+    TensorFlow), read without importing Keras."""
+    running = current_backend()
+    if running is not None:
+        return running
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as config:
+            return str(json.load(config).get("backend") or "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def backend_library(name: str) -> str | None:
+    """The library backend ``name`` runs on (``tensorflow``, ``jax``, ``torch``), if this
+    Python can import it; None otherwise (and for the numpy backend: nothing to gain)."""
+    module = REQUIREMENTS.get(name, (name, name))[0]
+    if module == "numpy" or importlib.util.find_spec(module) is None:
+        return None
+    return module
+
+
 def current_backend() -> str | None:
     """The backend of the Keras this process has imported; None before Keras is imported."""
     keras = sys.modules.get("keras")
@@ -45,10 +74,13 @@ def use_backend(name: str) -> None:
             the backend and what to install), or it already runs Keras on another backend
             (Spark reuses Python workers between jobs of one application).
     """
+    # a worker forked by distkeras.daemon, before any task of it chose a backend: a Keras
+    # there was imported by the daemon's preload (TensorFlow imports Keras), never used
+    unclaimed = os.environ.pop(UNCLAIMED_ENV, None) is not None
     running = current_backend()
     if running == name:
         return
-    if running is not None:
+    if running is not None and not unclaimed:
         raise BackendError(
             f"this Spark Python worker already runs Keras on '{running}' but the driver trains "
             f"on '{name}': Keras cannot switch backends inside a process. Use one backend per "
@@ -62,3 +94,9 @@ def use_backend(name: str) -> None:
             f"environment (see docs/backends.md), or choose another backend on the driver "
             f"(KERAS_BACKEND)")
     os.environ["KERAS_BACKEND"] = name
+    if running is not None:
+        import keras
+
+        with warnings.catch_warnings():  # nothing was built on the preloaded Keras
+            warnings.simplefilter("ignore", UserWarning)
+            keras.config.set_backend(name)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
 
+from .backends import backend_library, configured_backend
+from .daemon import PRELOAD_ENV
 from .errors import JavaMissingError  # noqa: F401 - also importable from here
+
+log = logging.getLogger(__name__)
 
 
 def check_java() -> str:
@@ -55,7 +61,7 @@ def default_driver_memory(physical_bytes: int | None = None) -> str:
 
 
 def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retries: int = 0,
-                  **conf: str):
+                  preload: bool = True, **conf: str):
     """A local SparkSession with ``num_workers`` task slots, ready for distkeras.
 
     Workers run the interpreter that runs this function (``PYSPARK_PYTHON``), the web UI is
@@ -69,6 +75,10 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
         app_name: The Spark application name. Defaults to `"distkeras"`.
         task_retries: How many times Spark retries a failed task (local mode does not
             retry by default). Defaults to `0`.
+        preload: Whether the Python workers come from a daemon that imported the Keras
+            backend's library (TensorFlow, JAX or PyTorch) once, started in the background
+            as the session starts (`distkeras.daemon`): the first `train()` then does not
+            wait while each worker imports it. Defaults to `True`.
         **conf: Extra Spark settings, dots written as ``_``
             (``spark_executor_memory="2g"`` sets ``spark.executor.memory``). The driver's
             heap, where a local session's tasks run, defaults to `default_driver_memory()`
@@ -93,6 +103,9 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
     worker_environment()
     from pyspark.sql import SparkSession
 
+    library = preloaded_library() if preload and SparkSession.getActiveSession() is None \
+        else None
+
     master = f"local[{int(num_workers)},{int(task_retries) + 1}]" if task_retries else \
         f"local[{int(num_workers)}]"
     builder = (SparkSession.builder.master(master).appName(app_name)
@@ -105,11 +118,55 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
                .config("spark.python.worker.reuse", "true"))
     if not os.environ.get("SPARK_DRIVER_MEMORY"):
         builder = builder.config("spark.driver.memory", default_driver_memory())
+    if library:
+        builder = (builder.config("spark.python.daemon.module", "distkeras.daemon")
+                   .config(f"spark.executorEnv.{PRELOAD_ENV}", library))
     for key, value in conf.items():
         builder = builder.config(key.replace("_", "."), value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
+    if library:
+        start_python_workers(session)
     return session
+
+
+def preloaded_library() -> str | None:
+    """The library the Python workers' daemon of a new local session imports before it forks
+    them: the configured Keras backend's (:func:`~distkeras.backends.configured_backend`,
+    read without importing Keras), when the workers' Python can import it and the daemon
+    module; None otherwise."""
+    library = backend_library(configured_backend())
+    if library is None:
+        return None
+    python = os.environ.get("PYSPARK_PYTHON", sys.executable)
+    try:  # a driver that imports distkeras from a path its workers lack: PySpark's daemon
+        subprocess.run([python, "-c", "import distkeras.daemon"], capture_output=True,
+                       check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return library
+
+
+def start_python_workers(spark) -> threading.Thread:
+    """Run a one-task Arrow job in the background, so that the Python workers' daemon starts
+    (and preloads) now, while the driver goes on, rather than when training needs it.
+
+    The job takes one task slot and one core while the daemon imports (about 5 s for
+    TensorFlow here); a job the driver runs meanwhile has the other slots. Its failure
+    (a session stopped meanwhile) is of no consequence: the daemon then starts later."""
+    def run() -> None:
+        def unchanged(batches):
+            yield from batches
+
+        try:
+            spark.sparkContext.setJobDescription("distkeras: start the Python workers")
+            spark.range(0, 1, 1, 1).mapInArrow(unchanged, "id long").collect()
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            log.debug("distkeras: starting the Python workers failed: %s", error)
+
+    thread = threading.Thread(target=run, name="distkeras-start-workers", daemon=True)
+    thread.start()
+    return thread
 
 
 def get_session(num_workers: int = 2, app_name: str = "distkeras"):

@@ -77,6 +77,48 @@ def test_a_process_running_another_backend_is_refused_with_the_way_out():
         use_backend(other)
 
 
+# a worker forked by distkeras.daemon after it preloaded TensorFlow, which imports Keras on
+# the daemon's backend: its first task switches that unused Keras, a later one may not
+FORKED = r'''
+import json, os
+os.environ["KERAS_BACKEND"] = "tensorflow"
+import tensorflow  # noqa: F401 - what the daemon preloads; it imports Keras
+import keras
+preloaded = keras.backend.backend()
+from distkeras.backends import use_backend, current_backend
+from distkeras.daemon import UNCLAIMED_ENV
+os.environ[UNCLAIMED_ENV] = os.environ.get("FORKED", "")  # what the daemon sets
+if not os.environ[UNCLAIMED_ENV]:
+    del os.environ[UNCLAIMED_ENV]
+outcome = []
+for name in ("jax", "tensorflow"):
+    try:
+        use_backend(name)
+        import keras
+        outcome.append(keras.backend.backend())
+    except Exception as error:
+        outcome.append(type(error).__name__)
+print("RESULT " + json.dumps({"preloaded": preloaded, "outcome": outcome,
+                              "left": UNCLAIMED_ENV in os.environ}))
+'''
+
+
+@pytest.mark.skipif(not (importlib.util.find_spec("jax") and importlib.util.find_spec(
+    "tensorflow")), reason="needs jax and tensorflow")
+@pytest.mark.parametrize("forked, expected", [
+    ("1", ["jax", "BackendError"]),  # the preloaded Keras switches once, then it is claimed
+    ("", ["BackendError", "tensorflow"]),  # a worker that chose (or imported) Keras itself
+])
+def test_the_keras_a_forked_worker_inherited_switches_once(forked, expected):
+    env = {**os.environ, "FORKED": forked}
+    done = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True,
+                          timeout=120, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result == {"preloaded": "tensorflow", "outcome": expected, "left": False}
+
+
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None,
                     reason="torch is installed: its absence cannot be shown")
 def test_a_backend_the_executor_cannot_import_is_named_with_what_to_install():
