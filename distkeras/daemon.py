@@ -6,11 +6,11 @@ Why: PySpark forks every Python worker from one daemon process per executor
 batch of a session's first ``train()``. A daemon that imported the library once hands it
 to every worker it forks, copy-on-write.
 
-Only the library (``tensorflow``, ``jax``, ``torch``) is imported. Keras fixes its backend
-when it is imported, and each task chooses the driver's backend itself
-(:func:`distkeras.backends.use_backend`); TensorFlow imports Keras, on the backend of the
-daemon's environment, so the first task of a forked worker may switch that unused Keras
-to the driver's backend (``keras.config.set_backend``, about 0.2 s). Importing starts
+The library (``tensorflow``, ``jax``, ``torch``) is imported, and Keras with JAX. Keras fixes
+its backend when it is imported, and each task chooses the driver's backend itself
+(:func:`distkeras.backends.use_backend`); TensorFlow imports Keras too, on the backend of
+the daemon's environment, so the first task of a forked worker may switch that unused
+Keras to the driver's backend (``keras.config.set_backend``, about 0.2 s). Importing starts
 none of the libraries' runtimes (TensorFlow's thread pools, a JAX backend, CUDA): each
 forked worker starts them as a fresh process would, on the GPU its task was given. The
 threads that the import does start (TensorFlow imports pyarrow, whose allocator keeps one;
@@ -21,7 +21,7 @@ on the daemon's stderr and skipped: the daemon then works as PySpark's own.
 Set up by :func:`distkeras.local_session`; on a cluster::
 
     --conf spark.python.daemon.module=distkeras.daemon
-    --conf spark.executorEnv.DISTKERAS_PRELOAD=tensorflow
+    --conf spark.executorEnv.DISTKERAS_PRELOAD=tensorflow   # or jax,keras or torch
 """
 
 from __future__ import annotations

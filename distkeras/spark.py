@@ -130,12 +130,20 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
     return session
 
 
+#: backends whose Keras the daemon imports too (about 1.5 s a worker on JAX). TensorFlow
+#: imports Keras by itself; Keras on PyTorch asks CUDA at import whether there is a GPU,
+#: which a process must not do before it forks (and before a task chooses its GPU).
+PRELOAD_KERAS = {"jax"}
+
+
 def preloaded_library() -> str | None:
-    """The library the Python workers' daemon of a new local session imports before it forks
-    them: the configured Keras backend's (:func:`~distkeras.backends.configured_backend`,
-    read without importing Keras), when the workers' Python can import it and the daemon
-    module; None otherwise."""
-    library = backend_library(configured_backend())
+    """What the Python workers' daemon of a new local session imports before it forks them
+    (comma-separated modules): the configured Keras backend's library
+    (:func:`~distkeras.backends.configured_backend`, read without importing Keras), and
+    Keras where that is safe, when the workers' Python can import it and the daemon module;
+    None otherwise."""
+    backend = configured_backend()
+    library = backend_library(backend)
     if library is None:
         return None
     python = os.environ.get("PYSPARK_PYTHON", sys.executable)
@@ -144,7 +152,7 @@ def preloaded_library() -> str | None:
                        check=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
-    return library
+    return f"{library},keras" if backend in PRELOAD_KERAS else library
 
 
 def start_python_workers(spark) -> threading.Thread:
