@@ -103,7 +103,7 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
     worker_environment()
     from pyspark.sql import SparkSession
 
-    library = preloaded_library() if preload and SparkSession.getActiveSession() is None \
+    modules = preload_modules() if preload and SparkSession.getActiveSession() is None \
         else None
 
     master = f"local[{int(num_workers)},{int(task_retries) + 1}]" if task_retries else \
@@ -118,14 +118,14 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
                .config("spark.python.worker.reuse", "true"))
     if not os.environ.get("SPARK_DRIVER_MEMORY"):
         builder = builder.config("spark.driver.memory", default_driver_memory())
-    if library:
+    if modules:
         builder = (builder.config("spark.python.daemon.module", "distkeras.daemon")
-                   .config(f"spark.executorEnv.{PRELOAD_ENV}", library))
+                   .config(f"spark.executorEnv.{PRELOAD_ENV}", modules))
     for key, value in conf.items():
         builder = builder.config(key.replace("_", "."), value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
-    if library:
+    if modules:
         start_python_workers(session)
     return session
 
@@ -136,7 +136,7 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
 PRELOAD_KERAS = {"jax"}
 
 
-def preloaded_library() -> str | None:
+def preload_modules() -> str | None:
     """What the Python workers' daemon of a new local session imports before it forks them
     (comma-separated modules): the configured Keras backend's library
     (:func:`~distkeras.backends.configured_backend`, read without importing Keras), and

@@ -14,7 +14,7 @@ import pytest
 
 from distkeras import backends, daemon
 from distkeras.backends import backend_library, configured_backend
-from distkeras.spark import default_driver_memory, preloaded_library
+from distkeras.spark import default_driver_memory, preload_modules
 
 GIB = 2**30
 
@@ -68,11 +68,11 @@ def test_no_preload_when_the_workers_python_cannot_import_the_daemon(monkeypatch
     python.write_text("#!/bin/sh\nexit 1\n")  # a Python without distkeras, as it answers
     python.chmod(0o755)
     monkeypatch.setenv("PYSPARK_PYTHON", str(python))
-    assert preloaded_library() is None
+    assert preload_modules() is None
     monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
     library = backend_library(configured_backend())
     expected = f"{library},keras" if configured_backend() == "jax" else library
-    assert preloaded_library() == expected
+    assert preload_modules() == expected
 
 
 #: a file of each library that its import maps into the process
