@@ -60,6 +60,22 @@ def backend_library(name: str) -> str | None:
     return module
 
 
+#: backends whose Keras a worker daemon imports too (about 1.5 s a worker on JAX). TensorFlow
+#: imports Keras by itself; Keras on PyTorch asks CUDA at import whether there is a GPU,
+#: which a process must not do before it forks (and before a task chooses its GPU).
+PRELOAD_KERAS = {"jax"}
+
+
+def preload_for(name: str) -> str | None:
+    """What a worker daemon imports before it forks for backend ``name``, comma-separated
+    (``distkeras.daemon``): its library, and Keras where that is safe; None when there is
+    nothing to import."""
+    library = backend_library(name)
+    if library is None:
+        return None
+    return f"{library},keras" if name in PRELOAD_KERAS else library
+
+
 def current_backend() -> str | None:
     """The backend of the Keras this process has imported; None before Keras is imported."""
     keras = sys.modules.get("keras")

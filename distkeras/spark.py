@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 
-from .backends import backend_library, configured_backend
+from .backends import configured_backend, preload_for
 from .daemon import PRELOAD_ENV
 from .errors import JavaMissingError  # noqa: F401 - also importable from here
 
@@ -130,21 +130,14 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
     return session
 
 
-#: backends whose Keras the daemon imports too (about 1.5 s a worker on JAX). TensorFlow
-#: imports Keras by itself; Keras on PyTorch asks CUDA at import whether there is a GPU,
-#: which a process must not do before it forks (and before a task chooses its GPU).
-PRELOAD_KERAS = {"jax"}
-
-
 def preload_modules() -> str | None:
     """What the Python workers' daemon of a new local session imports before it forks them
     (comma-separated modules): the configured Keras backend's library
     (:func:`~distkeras.backends.configured_backend`, read without importing Keras), and
     Keras where that is safe, when the workers' Python can import it and the daemon module;
     None otherwise."""
-    backend = configured_backend()
-    library = backend_library(backend)
-    if library is None:
+    modules = preload_for(configured_backend())
+    if modules is None:
         return None
     python = os.environ.get("PYSPARK_PYTHON", sys.executable)
     try:  # a driver that imports distkeras from a path its workers lack: PySpark's daemon
@@ -152,7 +145,7 @@ def preload_modules() -> str | None:
                        check=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
-    return f"{library},keras" if backend in PRELOAD_KERAS else library
+    return modules
 
 
 def start_python_workers(spark) -> threading.Thread:

@@ -745,10 +745,11 @@ class EAMSGD(AEASGD):
         ValueError: `momentum` is not in `[0, 1)`, or as `AEASGD`.
     """
 
+    _replaced: tuple[str, str] | None  # (source, class) of an optimizer not used: _algorithm
+
     def __init__(self, keras_model, *args, learning_rate: float | None = None,
                  momentum: float | None = None, **kwargs):
         self.momentum = momentum
-        self._replaced: tuple[str, str] | None = None  # (source, class) of one not used
         super().__init__(keras_model, *args, learning_rate=learning_rate, **kwargs)
         if self._replaced is not None:
             (source, name), rule = self._replaced, self.algorithm
