@@ -156,22 +156,23 @@ class ColumnPlan:
     def arrow_frame(self, dataframe):
         """The DataFrame workers read: only the plan's columns, Vectors as arrays, decimals
         as doubles (Arrow would hand them to numpy as Python ``Decimal`` objects)."""
-        from pyspark.sql import functions as F
-        from pyspark.sql import types as T
+        return dataframe.select(*[worker_column(dataframe, c.name, c.vector)
+                                  for c in self.columns])
 
-        types = {f.name: f.dataType for f in dataframe.schema.fields}
 
-        def read(c: Column):
-            if c.vector:
-                return as_array(F.col(c.name), VECTOR, "float").alias(c.name)
-            dtype = types[c.name]
-            if isinstance(dtype, T.DecimalType):
-                return F.col(c.name).cast("double").alias(c.name)
-            if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.DecimalType):
-                return as_array(F.col(c.name), ARRAY).alias(c.name)
-            return F.col(c.name)
+def worker_column(dataframe, name: str, vector: bool):
+    """Column ``name`` of ``dataframe`` as workers read it (see :meth:`ColumnPlan.arrow_frame`)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
-        return dataframe.select(*[read(c) for c in self.columns])
+    if vector:
+        return as_array(F.col(name), VECTOR, "float").alias(name)
+    dtype = next(f.dataType for f in dataframe.schema.fields if f.name == name)
+    if isinstance(dtype, T.DecimalType):
+        return F.col(name).cast("double").alias(name)
+    if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.DecimalType):
+        return as_array(F.col(name), ARRAY).alias(name)
+    return F.col(name)
 
 
 def _as_list(columns: str | Sequence[str]) -> list[str]:
@@ -369,6 +370,55 @@ def _shower(dtype):
     return str
 
 
+CHECK_FAILED = "distkeras: a row failed the checks of column"
+
+
+def _problems(c: Column, values) -> dict[str, Any]:
+    """Each way a row of column ``c`` can be bad, as a boolean expression over ``values``
+    (the column as :meth:`ColumnPlan.arrow_frame` reads it); a null row is checked apart."""
+    from pyspark.sql import functions as F
+
+    if c.scalar:
+        number = values.cast("double")
+        problems = {"nonfinite": F.isnan(number) | number.isin(float("inf"), float("-inf"))}
+        if c.classes:
+            problems["outside"] = (number < 0) | (number >= c.classes)
+            problems["fraction"] = number % 1 != 0  # no floor(): it returns a long (overflow)
+        return problems
+    problems = {"width": F.size(values) != c.width}
+    if not c.vector:  # a Spark ML Vector cannot hold a null number; an array can
+        # a null element: array_max/min skip nulls, so the NaN/inf check misses it
+        problems["nullelement"] = F.exists(values, lambda x: x.isNull())
+    # built-in array functions, not a lambda per number (about a third faster): Spark orders
+    # NaN above every number, so a NaN is the array's max, as +inf is
+    high, low = F.array_max(values), F.array_min(values)
+    problems["nonfinite"] = F.isnan(high) | (high == float("inf")) | (low == float("-inf"))
+    return problems
+
+
+def checked(frame, plan: ColumnPlan):
+    """``frame`` (:meth:`ColumnPlan.arrow_frame`'s) with each row passed on unchanged, or
+    its Spark task failed.
+
+    :func:`validate`'s checks, folded into a stage the rows pass through anyway: put before
+    the shuffle that spreads the rows over the workers, every row is checked before the first
+    worker's task starts, without a job of its own. The failure says only which column; the
+    trainer then runs :func:`validate` for the full message (:data:`CHECK_FAILED` marks it).
+    """
+    from pyspark.sql import functions as F
+
+    columns = []
+    for c in plan.columns:
+        values = F.col(c.name)
+        bad = functools.reduce(lambda a, b: a | b, _problems(c, values).values())
+        # a null anywhere in ``ok`` (a null row, an array of nulls) fails too: when() wants true
+        ok = values.isNotNull() & ~bad
+        columns.append(F.when(ok, values)
+                       .otherwise(F.raise_error(F.lit(f"{CHECK_FAILED} '{c.name}'")))
+                       .alias(c.name))
+    return frame.select(*columns)
+
+
 def validate(dataframe, plan: ColumnPlan) -> int:
     """One Spark job over the data: row widths, NaN/inf, nulls, whole class indices in range.
 
@@ -382,33 +432,17 @@ def validate(dataframe, plan: ColumnPlan) -> int:
     for c in plan.columns:
         col = F.col(c.name)
         checks.append(F.sum(col.isNull().cast("long")).alias(f"{c.name}|null"))
-        if c.scalar:
-            checks.append(F.sum((F.isnan(col.cast("double")) |
-                                 F.col(c.name).cast("double").isin(float("inf"), float("-inf")))
-                                .cast("long")).alias(f"{c.name}|nonfinite"))
-            if c.classes:
-                value = col.cast("double")
-                outside = (value < 0) | (value >= c.classes)
-                fraction = value % 1 != 0  # no floor(): it returns a long, which overflows
-                checks.append(F.min(col).alias(f"{c.name}|min"))
-                checks.append(F.max(col).alias(f"{c.name}|max"))
-                for key, bad in (("outside", outside), ("fraction", fraction)):
-                    checks.append(F.sum(bad.cast("long")).alias(f"{c.name}|{key}"))
-                    checks.append(F.first(F.when(bad, col), ignorenulls=True)
-                                  .alias(f"{c.name}|{key}_example"))
-        else:
-            checks.append(F.sum((F.size(col) != c.width).cast("long")).alias(f"{c.name}|width"))
+        for key, bad in _problems(c, col).items():
+            checks.append(F.sum(bad.cast("long")).alias(f"{c.name}|{key}"))
+            if key in ("outside", "fraction"):
+                checks.append(F.first(F.when(bad, col), ignorenulls=True)
+                              .alias(f"{c.name}|{key}_example"))
+        if c.classes:
+            checks.append(F.min(col).alias(f"{c.name}|min"))
+            checks.append(F.max(col).alias(f"{c.name}|max"))
+        if not c.scalar:
             checks.append(F.min(F.size(col)).alias(f"{c.name}|minwidth"))
             checks.append(F.max(F.size(col)).alias(f"{c.name}|maxwidth"))
-            if not c.vector:  # a Spark ML Vector cannot hold a null number; an array can
-                # a null element: array_max/min skip nulls, so the NaN/inf check misses it
-                null_element = F.exists(col, lambda x: x.isNull())
-                checks.append(F.sum(null_element.cast("long")).alias(f"{c.name}|nullelement"))
-            # built-in array functions, not a lambda per number (about a third faster): Spark
-            # orders NaN above every number, so a NaN is the array's max, as +inf is
-            high, low = F.array_max(col), F.array_min(col)
-            nonfinite = F.isnan(high) | (high == float("inf")) | (low == float("-inf"))
-            checks.append(F.sum(nonfinite.cast("long")).alias(f"{c.name}|nonfinite"))
     row = frame.agg(*checks).first().asDict()
     types = {f.name: f.dataType for f in frame.schema.fields}
     for c in plan.columns:

@@ -14,6 +14,7 @@ import cloudpickle
 import numpy as np
 
 from . import protocol
+from .data import checked
 from .spark import driver_address, is_connect, task_slots
 from .workers import REPORT_SCHEMA, WorkerSpec, run_arrow_task, run_rdd_task, start_task
 
@@ -62,6 +63,11 @@ class SparkJob:
             return driver_address(self.sc)
         return "127.0.0.1", "127.0.0.1"  # Spark Connect client without server_host: local
 
+    def shuffles(self, repartition: bool) -> bool:
+        """Whether the rows pass a shuffle before the workers' stage (which :meth:`start`
+        can then check them in, see :func:`distkeras.data.checked`)."""
+        return repartition and not self.single_worker and not self.is_rdd
+
     def partitioned(self, frame, repartition: bool):
         """``frame`` spread over ``num_workers`` partitions (or the data's own, checked)."""
         if repartition:
@@ -80,14 +86,16 @@ class SparkJob:
         return frame
 
     # ---- the job --------------------------------------------------------------------------
-    def start(self, spec: WorkerSpec, plan, repartition: bool) -> None:
-        """Run the job in a thread; :meth:`wait` and :meth:`reports` follow it."""
+    def start(self, spec: WorkerSpec, plan, repartition: bool, check: bool = False) -> None:
+        """Run the job in a thread; :meth:`wait` and :meth:`reports` follow it. ``check``:
+        every row is checked before the shuffle (where :meth:`shuffles`)."""
         self._shipped = self.sc.broadcast(spec) if self.sc is not None else None
-        self._thread = threading.Thread(target=self._run, args=(spec, plan, repartition),
+        self._thread = threading.Thread(target=self._run,
+                                        args=(spec, plan, repartition, check),
                                         name="distkeras-job", daemon=True)
         self._thread.start()
 
-    def _run(self, spec, plan, repartition) -> None:
+    def _run(self, spec, plan, repartition, check) -> None:
         try:
             # job groups and tags belong to the thread that runs the job
             if self.sc is not None:
@@ -96,17 +104,21 @@ class SparkJob:
                 self.spark.addTag(self.tag)
             try:
                 self._reports = (self._run_rdd(spec, repartition) if self.is_rdd
-                                 else self._run_arrow(spec, plan, repartition))
+                                 else self._run_arrow(spec, plan, repartition, check))
             finally:
                 if self.sc is None:
                     self.spark.removeTag(self.tag)
         except BaseException as error:  # noqa: BLE001 - handed to the driver's thread
             self._error = error
 
-    def _run_arrow(self, spec, plan, repartition) -> list[dict]:
-        # converted after the shuffle: simulation.spark_partitions deals rows out the same
-        # way (converting first measured no faster and changes which rows go where)
-        frame = plan.arrow_frame(self.partitioned(self.data.select(*plan.names), repartition))
+    def _run_arrow(self, spec, plan, repartition, check) -> list[dict]:
+        # converted before the shuffle (half the bytes to sort and move, one conversion for
+        # the checks and the workers), checked on the way; simulation.spark_partitions deals
+        # the rows out the same way (the checks pass each value on unchanged)
+        frame = plan.arrow_frame(self.data)
+        if check and self.shuffles(repartition):
+            frame = checked(frame, plan)
+        frame = self.partitioned(frame, repartition)
         shipped = self._shipped
 
         backend = spec.backend

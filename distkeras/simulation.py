@@ -467,17 +467,22 @@ def spark_partitions(dataframe: Any, x: np.ndarray, num_workers: int,
     shards: the trainer's ``select(features, label).repartition(n)`` (``coalesce(1)`` for a
     single worker), matched back to ``x`` by content. ``x`` must hold the rows of
     ``dataframe[features_col]`` as float32 (rows that are equal are interchangeable).
+    Give a cached DataFrame or one read from storage: if its last step is an uncached
+    ``repartition()``, Spark merges that step into this function's own repartition, but not
+    into the trainer's, whose row checks stand between the two (see
+    :func:`distkeras.data.checked`), and the rows are dealt differently.
     """
-    from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
-    frame = dataframe.select(features_col, label_col)
+    from .data import worker_column
+
+    vectors = {name for name, kind in dataframe.dtypes if kind == "vector"}
+    # the columns as the trainer's shuffle sees them, converted for the workers
+    frame = dataframe.select(*[worker_column(dataframe, name, name in vectors)
+                               for name in (features_col, label_col)])
     frame = frame.coalesce(1) if single_worker else frame.repartition(int(num_workers))
-    column = F.col(features_col)
-    if dict(dataframe.dtypes)[features_col] == "vector":
-        column = vector_to_array(column, "float32")
     # keep the label column: pruning it would change what repartition sorts and deals out
-    rows = frame.select(F.spark_partition_id().alias("part"), column.alias("f"),
+    rows = frame.select(F.spark_partition_id().alias("part"), F.col(features_col).alias("f"),
                         label_col).collect()
     where: dict[bytes, list[int]] = {}
     for i, row in enumerate(np.ascontiguousarray(x, dtype=np.float32)):

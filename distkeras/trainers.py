@@ -21,9 +21,9 @@ import numpy as np
 from . import algorithms, protocol
 from .backends import driver_backend
 from .checkpoint import load as load_checkpoint
-from .data import plan_columns, plan_rdd_columns
+from .data import CHECK_FAILED, plan_columns, plan_rdd_columns
 from .data import validate as validate_data
-from .errors import worker_exception
+from .errors import DataError, worker_exception
 from .history import History
 from .jobs import SparkJob
 from .memory import WORKER_MEMORY, parse_size
@@ -145,7 +145,8 @@ class Trainer:
             resident memory once the model was built, before its rows arrived).
         timings: Where the last successful `train()` spent its time: seconds from the call to
             `train()` to the end of each phase, in order: `validated` (the columns
-            planned and, with `validate=True`, every row checked by a first Spark job),
+            planned, the rows counted, and where no shuffle follows, with
+            `validate=True`, every row checked by a Spark job of its own),
             `server_started`, `first_task_started` (the first training task began),
             `first_batch` (the first worker trained its first batch),
             `last_worker_finished`, `returned`. The summary line of `verbose` says the same.
@@ -246,10 +247,12 @@ class Trainer:
             repartition: `True` spreads the rows evenly over `num_workers` partitions;
                 `False` keeps the data's own partitions, one worker each (their number
                 must equal `num_workers`). Defaults to `True`.
-            validate: Whether a first Spark job checks every row (widths, nulls,
-                NaN/inf, class indices) so that bad data fail before training; `False`
-                checks the columns and the first row only. Ignored for an RDD. Defaults
-                to `True`.
+            validate: Whether every row is checked (widths, nulls, NaN/inf, class
+                indices) so that bad data fail before the first worker starts: in the
+                stage that spreads the rows over the workers, or by a Spark job of its own
+                where the rows are not shuffled (`repartition=False`, `SingleTrainer`);
+                `False` checks the columns and the first row only. Ignored for an RDD.
+                Defaults to `True`.
             resume_from: A checkpoint written by a run with `checkpoint_path` to continue
                 from: the centre variable, the clock and every partition's cursor, so
                 that no batch is trained twice. Give the same data, `num_workers` and
@@ -316,7 +319,8 @@ class Trainer:
         job = SparkJob(data, self.num_workers, self.single_worker, self.algorithm.synchronous,
                        name=f"distkeras {type(self).__name__}")
         timings = {}  # published when the run succeeds, as get_training_time() always was
-        plan, rows = self._check_data(job, loss, validate)
+        inline = validate and job.shuffles(repartition)  # checked in the shuffle's stage
+        plan, rows = self._check_data(job, loss, validate and not inline)
         timings["validated"] = time.time() - started
         bp = blueprint(self.keras_model, self.worker_optimizer, self.loss, self.metrics)
         layout, center, resumed = self._starting_point(resume_from)
@@ -336,7 +340,7 @@ class Trainer:
                          self.batch_size, self.num_epoch, progress.say,
                          checkpoint_each_epoch=bool(self.server_config.checkpoint_path))
         try:
-            job.start(spec, plan, repartition)
+            job.start(spec, plan, repartition, check=inline)
             ends.begin()
             while not job.wait(self.poll_interval):
                 progress.show()
@@ -348,7 +352,8 @@ class Trainer:
             ends.process()
         except BaseException as error:
             job.cancel()
-            raise self._failure(server, error) from error
+            failure = self._failure(server, error, job, plan)
+            raise failure from (None if isinstance(failure, DataError) else error)
         finally:
             progress.close()
             server.stop()
@@ -424,9 +429,20 @@ class Trainer:
                                             epochs=self.num_epoch, verbose=0)
 
     @staticmethod
-    def _failure(server: ParameterServer, error: BaseException) -> BaseException:
+    def _failure(server: ParameterServer, error: BaseException, job: SparkJob,
+                 plan) -> BaseException:
         """What the caller sees when the run fails: the server's reason, else the worker's
-        own exception, else the error itself."""
+        own exception, else the error itself; a row that failed the checks before the
+        shuffle, as :func:`validate` words it."""
+        if CHECK_FAILED in str(error):
+            try:
+                validate_data(job.data, plan)
+            except DataError as found:
+                return found
+            text = str(error)
+            said = text[text.index(CHECK_FAILED):].splitlines()[0]
+            return DataError(f"{said}, but a second pass found no bad row: do the data "
+                             f"change from one read to the next?")
         lost = _lost_executor(error)
         if lost and not server.error and server.algorithm.synchronous:
             # Spark may fail the barrier stage before the server sees the lost worker's

@@ -51,6 +51,18 @@ def main() -> None:
     except distkeras.DataError as raised:
         error = str(raised)
     print(json.dumps({"scenario": "bad_column", "error": error}), flush=True)
+    bad = spark.createDataFrame([(Vectors.dense(r), int(v)) for r, v in zip(x[:63], y[:63])] +
+                                [(Vectors.dense([float("nan")] * 784), 1)],
+                                ["features", "label"])
+    trainer = distkeras.DOWNPOUR(mlp(), loss="categorical_crossentropy", verbose=0,
+                                 num_workers=2)
+    try:
+        trainer.train(bad)  # the rows are checked in the shuffle's stage, over Connect too
+        error = None
+    except distkeras.DataError as raised:
+        error = str(raised)
+    print(json.dumps({"scenario": "bad_row", "error": error,
+                      "connections": len(trainer.history.connections)}), flush=True)
     spark.stop()
 
 

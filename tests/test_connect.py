@@ -58,3 +58,9 @@ def test_training_over_spark_connect(name, connect_runs):
 
 def test_bad_column_over_connect_fails_before_training(connect_runs):
     assert "'pixels'" in (connect_runs["bad_column"]["error"] or "")
+
+
+def test_bad_row_over_connect_fails_before_any_worker_starts(connect_runs):
+    run = connect_runs["bad_row"]
+    assert run["error"] == "column 'features': 1 row(s) hold NaN or inf"
+    assert run["connections"] == 0

@@ -1,8 +1,9 @@
 """The validation job (``distkeras.data.validate``) refuses bad rows before any training.
 
 Small DataFrames and a tiny model: each case must raise :class:`DataError` naming the column
-and an offending value. Most call ``plan_columns`` + ``validate`` as ``train()`` does; one goes
-through ``train()`` itself to show that the error comes before a worker or server starts.
+and an offending value. Most call ``plan_columns`` + ``validate``; the last ones go through
+``train()``, which checks every row in the stage before the shuffle (``distkeras.data.checked``)
+and words a failure as ``validate`` does, before any worker starts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from helpers import server_threads
 
 import distkeras
 from distkeras import DataError
-from distkeras.data import plan_columns, validate
+from distkeras.data import CHECK_FAILED, checked, plan_columns, validate
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -265,3 +266,83 @@ def test_one_hot_label_columns_train_and_a_wrong_width_is_named(spark, kind):
     with pytest.raises(DataError, match=r"'label'.*10.*4"):
         make_trainer().train(narrow)
     assert not server_threads()
+
+
+# ---- the same checks inside the training job: distkeras.data.checked ------------------------
+def _bad_frames(spark):
+    """One DataFrame per kind of bad row, the bad row last among clean ones."""
+    from pyspark.sql import types as T
+
+    clean = [([0.5] * WIDTH, 1.0)] * 15
+    double_array = array_of(T.DoubleType)
+    return {
+        "null row": frame(spark, clean + [(None, 1.0)], double_array, T.DoubleType()),
+        "width": frame(spark, clean + [([0.5] * 3, 1.0)], double_array, T.DoubleType()),
+        "null element": frame(spark, clean + [([0.5, None, 0.5, 0.5], 1.0)], double_array,
+                              T.DoubleType()),
+        "nan": frame(spark, clean + [([0.5, float("nan"), 0.5, 0.5], 1.0)], double_array,
+                     T.DoubleType()),
+        "outside": frame(spark, clean + [([0.5] * WIDTH, 10.0)], double_array,
+                         T.DoubleType()),
+        "fraction": frame(spark, clean + [([0.5] * WIDTH, 2.5)], double_array,
+                          T.DoubleType()),
+    }
+
+
+@pytest.mark.parametrize("case", ["null row", "width", "null element", "nan", "outside",
+                                  "fraction"])
+def test_train_refuses_a_bad_row_before_any_worker_starts(spark, case):
+    """The rows are checked in the stage before the shuffle: the error is validate()'s, and
+    no worker ever reached the parameter server."""
+    loss = "sparse_categorical_crossentropy"
+    df = _bad_frames(spark)[case]
+    with pytest.raises(DataError) as expected:
+        validate(df, plan_columns(df, "features", "label", tiny_model(), loss))
+    trainer = make_trainer(loss)
+    with pytest.raises(DataError) as raised:
+        trainer.train(df)
+    assert str(raised.value) == str(expected.value)
+    assert raised.value.__cause__ is None  # not chained to Spark's stack trace
+    assert trainer.history.connections == [] and trainer.history.samples_applied == 0
+    assert not server_threads()
+
+
+def test_checked_rows_are_unchanged_and_go_to_the_same_workers(spark):
+    """The checks pass every value on as it was, so the shuffle deals each row to the same
+    partition as without them (simulation.spark_partitions relies on that)."""
+    from pyspark.ml.linalg import Vectors, VectorUDT
+    from pyspark.sql import types as T
+
+    rng = np.random.default_rng(5)
+    rows = [(Vectors.dense(rng.normal(size=WIDTH)), int(c)) for c in rng.integers(0, 10, 40)]
+    # cached, as a training set usually is (an uncached DataFrame ending in repartition() has
+    # that step merged into the trainer's repartition without the checks, kept with them)
+    df = frame(spark, rows, VectorUDT(), T.LongType()).repartition(3).cache()
+    plan = plan_columns(df, "features", "label", tiny_model(),
+                        "sparse_categorical_crossentropy")
+
+    def dealt(source):
+        return source.repartition(2).rdd.glom().map(
+            lambda part: [(list(r.features), r.label) for r in part]).collect()
+
+    try:
+        converted = plan.arrow_frame(df)
+        assert dealt(checked(converted, plan)) == dealt(converted)
+    finally:
+        df.unpersist()
+
+
+def test_a_failed_check_that_a_second_pass_does_not_find_still_names_the_column(spark):
+    """If the data change between reads, validate() may find nothing: the error still says
+    which column failed, as a DataError."""
+    from pyspark.sql import types as T
+
+    from distkeras.jobs import SparkJob
+
+    df = frame(spark, [([0.5] * WIDTH, 1)] * 4, array_of(T.DoubleType), T.LongType())
+    plan = plan_columns(df, "features", "label", tiny_model(), "categorical_crossentropy")
+
+    error = RuntimeError(f"[USER_RAISED_EXCEPTION] {CHECK_FAILED} 'label'\nJVM stacktrace: ...")
+    found = distkeras.Trainer._failure(None, error, SparkJob(df, 2, False, False), plan)
+    assert isinstance(found, DataError)
+    assert str(found).startswith(f"{CHECK_FAILED} 'label', but a second pass found no bad row")
