@@ -141,9 +141,12 @@ def where_workers_ran(reports: list[dict]) -> str:
 
 def phases_of(reports: list[dict], started: float) -> dict[str, float]:
     """The workers' phases of a run, in seconds from ``started`` (the call to ``train()``):
-    the first task's start, the first batch trained anywhere, the last worker's end."""
+    the first task's start, the first model built and rows read (each: the first worker's
+    to get there), the first batch trained anywhere, the last worker's end."""
     out = {}
     for key, field, pick in (("first_task_started", "started", min),
+                             ("first_model_built", "model_built", min),
+                             ("first_rows_read", "rows_read", min),
                              ("first_batch", "first_batch", min),
                              ("last_worker_finished", "finished", max)):
         times = [r[field] for r in reports if r.get(field)]
@@ -154,9 +157,10 @@ def phases_of(reports: list[dict], started: float) -> dict[str, float]:
 
 def describe_phases(timings: dict[str, float]) -> str:
     """``timings`` as the durations a user waits through, for the summary line: e.g.
-    ``"validation 0.9s, to first task 0.4s, to first batch 0.8s, training 1.5s, after
-    0.2s"``."""
+    ``"validation 0.9s, to first task 0.4s, model built 0.3s, rows read 0.6s, to first
+    batch 0.4s, training 1.5s, after 0.2s"``."""
     steps = (("validation", "validated"), ("to first task", "first_task_started"),
+             ("model built", "first_model_built"), ("rows read", "first_rows_read"),
              ("to first batch", "first_batch"), ("training", "last_worker_finished"),
              ("after", "returned"))
     parts, previous = [], 0.0

@@ -136,7 +136,9 @@ class Trainer:
             samples, host (the executor's hostname), `address` (the worker's address
             as the parameter server saw it: on a cluster, which machine it ran on), pid,
             `python` (the executor's interpreter, `sys.executable`), transport (`"tcp"`,
-            or `"shm"` beside the driver), start and end times; `gpu_addresses` (the GPU
+            or `"shm"` beside the driver), the times (`time.time()`) it `started`, had
+            its `model_built` and its `rows_read`, trained its `first_batch` and
+            `finished`; `gpu_addresses` (the GPU
             addresses Spark assigned to the task, a list of strings, empty without a GPU
             resource), `devices` (where the replica's variables lived: `["CPU"]` or
             `["GPU:<address>"]`) and `dtype_policy` (see docs/cluster.md); `spilled`
@@ -148,7 +150,9 @@ class Trainer:
             planned, the rows counted, and where no shuffle follows, with
             `validate=True`, every row checked by a Spark job of its own),
             `server_started`, `first_task_started` (the first training task began),
-            `first_batch` (the first worker trained its first batch),
+            `first_model_built` and `first_rows_read` (the first worker to have built
+            its replica, to have read its partition), `first_batch` (the first worker
+            trained its first batch),
             `last_worker_finished`, `returned`. The summary line of `verbose` says the same.
         parameter_server: The running `ParameterServer` during `train()`, else `None`.
 

@@ -262,6 +262,7 @@ def train_partition(spec: WorkerSpec, partition: int,
     window = {"steps": 0, "loss": 0.0, "samples": 0}
     done = {"commits": 0, "samples": 0}
     first_batch_at, model, trainer, num_rows = None, None, None, 0
+    model_built_at = rows_read_at = None
     source: RowSource | None = None
     base_rss = peak_rss = None
 
@@ -278,8 +279,9 @@ def train_partition(spec: WorkerSpec, partition: int,
             model = spec.blueprint.build(
                 spec.algorithm.worker_optimizer(spec.blueprint.optimizer), spec.dtype_policy)
             trainer = replica_trainer(model)
-            base_rss = rss()
+            model_built_at, base_rss = time.time(), rss()
             source = load()
+            rows_read_at = time.time()
         num_rows = source.rows
         w0 = link.pull().copy()
         w = w0.copy()
@@ -321,6 +323,7 @@ def train_partition(spec: WorkerSpec, partition: int,
             "weights": spec.layout.flatten(model.get_weights())
             if spec.return_weights and model is not None else None,
             "samples": trained, "resumed_after": resume_after, "started": started,
+            "model_built": model_built_at, "rows_read": rows_read_at,
             "first_batch": first_batch_at, "finished": time.time(), "host": socket.gethostname(),
             "pid": os.getpid(), "python": sys.executable, "transport": transport,
             "backend": current_backend(),
@@ -364,7 +367,8 @@ def _attempt() -> tuple[int, int]:
 #: one row per worker, what a Spark task hands back to the driver: (name, Spark SQL type)
 REPORT_FIELDS = (("worker", "int"), ("attempt", "int"), ("rows", "bigint"),
                  ("commits", "bigint"), ("samples", "bigint"), ("resumed_after", "bigint"),
-                 ("started", "double"), ("first_batch", "double"), ("finished", "double"),
+                 ("started", "double"), ("model_built", "double"), ("rows_read", "double"),
+                 ("first_batch", "double"), ("finished", "double"),
                  ("host", "string"), ("pid", "bigint"), ("python", "string"),
                  ("transport", "string"),
                  ("backend", "string"), ("gpu_addresses", "array<string>"),

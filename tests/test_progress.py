@@ -88,18 +88,22 @@ def test_a_training_run_logs_its_progress_only_when_verbose(verbose, spark, digi
         assert "%|" not in out.err  # a log, not a bar: nothing here is a terminal
         # the summary says where the time went, phase by phase, as trainer.timings holds it
         summary = re.search(r"trained in ([\d.]+)s \(validation ([\d.]+)s, to first task "
-                            r"([\d.]+)s, to first batch ([\d.]+)s, training ([\d.]+)s, "
-                            r"after ([\d.]+)s\)", out.out)
+                            r"([\d.]+)s, model built ([\d.]+)s, rows read ([\d.]+)s, to first "
+                            r"batch ([\d.]+)s, training ([\d.]+)s, after ([\d.]+)s\)", out.out)
         assert summary, out.out
         parts = [float(v) for v in summary.groups()]
-        assert parts[0] == pytest.approx(sum(parts[1:]), abs=0.3)  # rounding of 5 parts
+        assert parts[0] == pytest.approx(sum(parts[1:]), abs=0.4)  # rounding of 7 parts
     # every verbosity: the phases in order, ending at the training time
     timings = trainer.timings
     assert list(timings) == ["validated", "server_started", "first_task_started",
-                             "first_batch", "last_worker_finished", "returned"]
+                             "first_model_built", "first_rows_read", "first_batch",
+                             "last_worker_finished", "returned"]
     values = list(timings.values())
     assert values == sorted(values) and values[0] > 0, timings
     assert timings["returned"] == pytest.approx(trainer.get_training_time())
     reports = trainer.worker_reports
+    for r in reports:  # each worker's own phases, in order
+        assert r["started"] <= r["model_built"] <= r["rows_read"] <= r["first_batch"] <= \
+            r["finished"], r
     assert min(r["first_batch"] for r in reports) - min(r["started"] for r in reports) == \
         pytest.approx(timings["first_batch"] - timings["first_task_started"])
