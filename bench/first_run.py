@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                   "data_s": data_s if run == "first" else None, "preload": args.preload,
                   "phases": {k: round(v, 3) for k, v in trainer.timings.items()},
                   "to_first_batch_s": timing["to_first_batch_s"],
+                  "cpu_threads": sorted(r["cpu_threads"] for r in trainer.worker_reports),
                   "steady_s": timing["steady_s"], "samples_per_s": timing["samples_per_s"],
                   "accuracy": accuracy(trained, xt, yt), **info, "utc": utc_now()}, args.out)
     finally:

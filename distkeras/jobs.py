@@ -121,16 +121,17 @@ class SparkJob:
         frame = self.partitioned(frame, repartition)
         shipped = self._shipped
 
-        backend = spec.backend
+        backend, threads = spec.backend, spec.cpu_threads
         if shipped is not None:
             def task(batches):
-                placement = start_task(backend)  # before the spec's unpickling may import Keras
+                # before the spec's unpickling may import Keras
+                placement = start_task(backend, threads=threads)
                 return run_arrow_task(shipped.value, batches, placement)
         else:  # Spark Connect: no broadcast; the spec travels with the function, as bytes
             packed = cloudpickle.dumps(spec)  # so that it is unpickled after use_backend
 
             def task(batches):
-                placement = start_task(backend)
+                placement = start_task(backend, threads=threads)
                 return run_arrow_task(cloudpickle.loads(packed), batches, placement)
 
         rows = frame.mapInArrow(task, REPORT_SCHEMA, barrier=self.barrier).collect()
@@ -143,10 +144,10 @@ class SparkJob:
         return reports
 
     def _run_rdd(self, spec, repartition) -> list[dict]:
-        shipped, backend = self._shipped, spec.backend
+        shipped, backend, threads = self._shipped, spec.backend, spec.cpu_threads
 
         def task(index, rows):
-            return run_rdd_task(shipped.value, index, rows, start_task(backend, index))
+            return run_rdd_task(shipped.value, index, rows, start_task(backend, index, threads))
 
         rdd = self.partitioned(self.data, repartition)
         stage = rdd.barrier() if self.barrier else rdd

@@ -228,3 +228,27 @@ def task_slots(sc, spark=None) -> int | None:
         return _local_cores(spark.conf.get("spark.master"))
     except Exception:  # noqa: BLE001 - Connect servers may hide the setting
         return None
+
+
+def worker_threads(sc, spark, num_workers: int) -> int | None:
+    """CPU threads for each worker's backend: the cores of Spark's task slots shared among
+    the workers that run at once. When the workers fill every slot that is
+    ``spark.task.cpus`` each (Spark's own rule for ``OMP_NUM_THREADS`` in Python workers);
+    fewer workers than slots get more. None when Spark's cores are unknown."""
+    cores = task_slots(sc, spark)
+    if cores is None:
+        return None
+    try:
+        conf = sc.getConf() if sc is not None else spark.conf
+        cpus = int(conf.get("spark.task.cpus", "1"))
+    except Exception:  # noqa: BLE001 - Connect servers may hide the setting
+        cpus = 1
+    return threads_per_worker(cores, cpus, num_workers)
+
+
+def threads_per_worker(cores: int, task_cpus: int, num_workers: int) -> int:
+    """:func:`worker_threads`' arithmetic: ``cores`` for all task slots, ``task_cpus`` per
+    task, ``num_workers`` tasks of which at most a slot's worth run at once."""
+    task_cpus = max(1, task_cpus)
+    at_once = max(1, min(num_workers, cores // task_cpus))
+    return max(task_cpus, cores // at_once)

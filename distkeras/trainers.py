@@ -38,6 +38,7 @@ from .monitor import (
 )
 from .parameter_server import ParameterServer, ServerConfig, TrainingAborted
 from .precision import check_policy
+from .spark import worker_threads
 from .workers import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,8 @@ class Trainer:
             `python` (the executor's interpreter, `sys.executable`), transport (`"tcp"`,
             or `"shm"` beside the driver), the times (`time.time()`) it `started`, had
             its `model_built` and its `rows_read`, trained its `first_batch` and
-            `finished`; `gpu_addresses` (the GPU
+            `finished`; `cpu_threads` (the worker's TensorFlow thread pools, 0 for the
+            backend's default; see docs/cluster.md); `gpu_addresses` (the GPU
             addresses Spark assigned to the task, a list of strings, empty without a GPU
             resource), `devices` (where the replica's variables lived: `["CPU"]` or
             `["GPU:<address>"]`) and `dtype_policy` (see docs/cluster.md); `spilled`
@@ -335,7 +337,8 @@ class Trainer:
                           self.batch_size, self.num_epoch, self.communication_window,
                           self.exchange_each_epoch, self.returns_replicas, shuffle, server.seed,
                           backend=driver_backend(), dtype_policy=self.dtype_policy,
-                          worker_memory=self.worker_memory)
+                          worker_memory=self.worker_memory,
+                          cpu_threads=worker_threads(job.sc, job.spark, self.num_workers))
         progress = Progress(server.history, rows, self.num_epoch, self.verbose,
                             name=type(self).__name__)
         ends = EpochEnds(server, bp.build(), self._callbacks(callbacks, validation_data,

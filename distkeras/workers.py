@@ -19,7 +19,7 @@ import numpy as np
 
 from . import protocol as wire
 from .algorithms import Algorithm
-from .backends import current_backend, use_backend
+from .backends import cpu_threads, current_backend, limit_threads, use_backend
 from .data import ColumnPlan
 from .devices import Placement, place
 from .errors import StopTraining, WorkerError  # noqa: F401 - also importable from here
@@ -216,12 +216,16 @@ class WorkerSpec:
     dtype_policy: str | None = None  # e.g. "mixed_bfloat16": the replicas' compute precision
     # bytes of rows a worker holds; a larger partition is spilled to local disk (rows.py)
     worker_memory: int = parse_size(WORKER_MEMORY)
+    cpu_threads: int | None = None  # the backend's CPU threads (None: its default)
 
 
-def start_task(backend: str, partition: int | None = None) -> Placement:
+def start_task(backend: str, partition: int | None = None,
+               threads: int | None = None) -> Placement:
     """What every distkeras task (training or prediction) does first, before anything in it
-    may import Keras or initialise CUDA: the driver's Keras backend, then the task's GPU."""
+    may import Keras or initialise CUDA: the driver's Keras backend and its CPU threads
+    (see :func:`distkeras.spark.worker_threads`), then the task's GPU."""
     use_backend(backend)
+    limit_threads(backend, threads)
     return place(partition)
 
 
@@ -326,7 +330,7 @@ def train_partition(spec: WorkerSpec, partition: int,
             "model_built": model_built_at, "rows_read": rows_read_at,
             "first_batch": first_batch_at, "finished": time.time(), "host": socket.gethostname(),
             "pid": os.getpid(), "python": sys.executable, "transport": transport,
-            "backend": current_backend(),
+            "backend": current_backend(), "cpu_threads": cpu_threads(spec.backend),
             "gpu_addresses": list(placement.gpu_addresses),
             "devices": placement.devices(model) if model is not None else [],
             "dtype_policy": policy_of(model) if model is not None else None,
@@ -371,7 +375,8 @@ REPORT_FIELDS = (("worker", "int"), ("attempt", "int"), ("rows", "bigint"),
                  ("first_batch", "double"), ("finished", "double"),
                  ("host", "string"), ("pid", "bigint"), ("python", "string"),
                  ("transport", "string"),
-                 ("backend", "string"), ("gpu_addresses", "array<string>"),
+                 ("backend", "string"), ("cpu_threads", "int"),
+                 ("gpu_addresses", "array<string>"),
                  ("devices", "array<string>"), ("dtype_policy", "string"),
                  # resident bytes: the task's peak, and before its rows arrived (model built)
                  ("peak_rss", "bigint"), ("base_rss", "bigint"),

@@ -8,13 +8,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import pytest
 
 from distkeras import backends, daemon
 from distkeras.backends import backend_library, configured_backend
-from distkeras.spark import default_driver_memory, preload_modules
+from distkeras.spark import (
+    default_driver_memory,
+    preload_modules,
+    threads_per_worker,
+    worker_threads,
+)
 
 GIB = 2**30
 
@@ -104,3 +110,79 @@ def test_workers_fork_from_a_daemon_that_imported_the_backend(spark):
     for row in rows:
         assert "distkeras.daemon" in row["parent"], row["parent"]
         assert row["mapped"], f"the daemon did not import {library}"
+
+
+# ---- the workers' CPU threads: distkeras.spark.worker_threads, backends.limit_threads -------
+@pytest.mark.parametrize("cores, task_cpus, workers, threads", [
+    (2, 1, 2, 1),    # local[2], two workers: one core each, not two threads each
+    (2, 1, 1, 2),    # a single worker has the machine
+    (8, 1, 2, 4),
+    (8, 1, 16, 1),   # more workers than slots: a slot each
+    (32, 1, 4, 8),   # a cluster's 32 cores, 4 workers
+    (64, 2, 64, 2),  # spark.task.cpus=2: at least that
+    (4, 2, 4, 2),
+])
+def test_threads_per_worker_share_the_slots_cores(cores, task_cpus, workers, threads):
+    assert threads_per_worker(cores, task_cpus, workers) == threads
+
+
+def test_worker_threads_read_the_sessions_cores(spark):
+    sc = spark.sparkContext  # local[2]
+    assert (worker_threads(sc, spark, 2), worker_threads(sc, spark, 1)) == (1, 2)
+
+
+LIMIT_PROBE = """
+import json, os, sys
+from distkeras.backends import cpu_threads, limit_threads
+limit_threads("tensorflow", int(sys.argv[1]))
+import tensorflow as tf
+tf.constant(1.0) + 1.0  # starts TensorFlow
+limit_threads("tensorflow", 5)  # too late: no error, the pools stay
+print(json.dumps({"intra": cpu_threads("tensorflow"),
+                  "inter": tf.config.threading.get_inter_op_parallelism_threads()}))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("user_env", [False, True])
+def test_limit_threads_sizes_tensorflows_pools_unless_the_user_did(user_env):
+    pytest.importorskip("tensorflow")
+    env = {k: v for k, v in os.environ.items() if k not in backends.TF_THREAD_ENV}
+    if user_env:
+        env["TF_NUM_INTRAOP_THREADS"] = "3"
+    done = subprocess.run([sys.executable, "-c", LIMIT_PROBE, "1"], env=env,
+                          capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pools = json.loads(done.stdout.strip().splitlines()[-1])
+    # the environment's pools are TensorFlow's own business (its getter reports 0 for them)
+    assert pools == ({"intra": 0, "inter": 0} if user_env else {"intra": 1, "inter": 1})
+
+
+TRAIN_PROBE = """
+import json, sys
+import numpy as np, keras, distkeras
+spark = distkeras.local_session(2, app_name="distkeras-threads-probe")
+rng = np.random.default_rng(0)
+df = spark.createDataFrame([(rng.normal(size=4).tolist(), int(i % 3)) for i in range(64)],
+                           ["features", "label"])
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+trainer = distkeras.DOWNPOUR(model, loss="sparse_categorical_crossentropy", num_workers=2,
+                             batch_size=8, verbose=0)
+trainer.train(df)
+print(json.dumps({"workers": sorted(r["cpu_threads"] for r in trainer.worker_reports),
+                  "pids": len({r["pid"] for r in trainer.worker_reports})}))
+spark.stop()
+"""
+
+
+@pytest.mark.timeout(240)
+def test_two_workers_on_two_cores_run_one_thread_each():
+    """A fresh session (its Python workers start here): each of the two workers' TensorFlow
+    runs one thread per pool instead of one per core of the host."""
+    if backends.driver_backend() != "tensorflow":
+        pytest.skip("the thread pools are sized for TensorFlow only")
+    done = subprocess.run([sys.executable, "-c", TRAIN_PROBE], capture_output=True, text=True,
+                          timeout=230)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found == {"workers": [1, 1], "pids": 2}, found
