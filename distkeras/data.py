@@ -156,18 +156,19 @@ class ColumnPlan:
     def arrow_frame(self, dataframe):
         """The DataFrame workers read: only the plan's columns, Vectors as arrays, decimals
         as doubles (Arrow would hand them to numpy as Python ``Decimal`` objects)."""
-        return dataframe.select(*[worker_column(dataframe, c.name, c.vector)
+        types = {f.name: f.dataType for f in dataframe.schema.fields}
+        return dataframe.select(*[worker_column(c.name, types[c.name], c.vector)
                                   for c in self.columns])
 
 
-def worker_column(dataframe, name: str, vector: bool):
-    """Column ``name`` of ``dataframe`` as workers read it (see :meth:`ColumnPlan.arrow_frame`)."""
+def worker_column(name: str, dtype, vector: bool):
+    """Column ``name`` (of Spark type ``dtype``; ``vector``: a Spark ML Vector) as workers
+    read it (see :meth:`ColumnPlan.arrow_frame`)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     if vector:
         return as_array(F.col(name), VECTOR, "float").alias(name)
-    dtype = next(f.dataType for f in dataframe.schema.fields if f.name == name)
     if isinstance(dtype, T.DecimalType):
         return F.col(name).cast("double").alias(name)
     if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.DecimalType):

@@ -464,9 +464,10 @@ def spark_partitions(dataframe: Any, x: np.ndarray, num_workers: int,
                      single_worker: bool = False) -> list[np.ndarray]:
     """Row indices into ``x`` of the partition each real worker of ``trainer.train(dataframe)``
     gets, in the order it sees them, so that a simulation can train on exactly the same
-    shards: the trainer's ``select(features, label).repartition(n)`` (``coalesce(1)`` for a
-    single worker), matched back to ``x`` by content. ``x`` must hold the rows of
-    ``dataframe[features_col]`` as float32 (rows that are equal are interchangeable).
+    shards: the trainer's two columns converted for the workers (Vectors to float arrays),
+    then ``repartition(n)`` (``coalesce(1)`` for a single worker), matched back to ``x`` by
+    content. ``x`` must hold the rows of ``dataframe[features_col]`` as float32 (rows that
+    are equal are interchangeable).
     Give a cached DataFrame or one read from storage: if its last step is an uncached
     ``repartition()``, Spark merges that step into this function's own repartition, but not
     into the trainer's, whose row checks stand between the two (see
@@ -476,9 +477,10 @@ def spark_partitions(dataframe: Any, x: np.ndarray, num_workers: int,
 
     from .data import worker_column
 
-    vectors = {name for name, kind in dataframe.dtypes if kind == "vector"}
+    types = {f.name: f.dataType for f in dataframe.schema.fields}
     # the columns as the trainer's shuffle sees them, converted for the workers
-    frame = dataframe.select(*[worker_column(dataframe, name, name in vectors)
+    frame = dataframe.select(*[worker_column(name, types[name],
+                                             types[name].simpleString() == "vector")
                                for name in (features_col, label_col)])
     frame = frame.coalesce(1) if single_worker else frame.repartition(int(num_workers))
     # keep the label column: pruning it would change what repartition sorts and deals out
