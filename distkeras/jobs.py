@@ -88,7 +88,8 @@ class SparkJob:
     # ---- the job --------------------------------------------------------------------------
     def start(self, spec: WorkerSpec, plan, repartition: bool, check: bool = False) -> None:
         """Run the job in a thread; :meth:`wait` and :meth:`reports` follow it. ``check``:
-        every row is checked before the shuffle (where :meth:`shuffles`)."""
+        every row is checked before the shuffle (the caller asks only where
+        :meth:`shuffles`)."""
         self._shipped = self.sc.broadcast(spec) if self.sc is not None else None
         self._thread = threading.Thread(target=self._run,
                                         args=(spec, plan, repartition, check),
@@ -116,7 +117,7 @@ class SparkJob:
         # the checks and the workers), checked on the way; simulation.spark_partitions deals
         # the rows out the same way (the checks pass each value on unchanged)
         frame = plan.arrow_frame(self.data)
-        if check and self.shuffles(repartition):
+        if check:
             frame = checked(frame, plan)
         frame = self.partitioned(frame, repartition)
         shipped = self._shipped

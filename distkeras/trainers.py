@@ -441,12 +441,12 @@ class Trainer:
         """What the caller sees when the run fails: the server's reason, else the worker's
         own exception, else the error itself; a row that failed the checks before the
         shuffle, as :func:`validate` words it."""
-        if CHECK_FAILED in str(error):
+        text = str(error)
+        if CHECK_FAILED in text:
             try:
                 validate_data(job.data, plan)
             except DataError as found:
                 return found
-            text = str(error)
             said = text[text.index(CHECK_FAILED):].splitlines()[0]
             return DataError(f"{said}, but a second pass found no bad row: do the data "
                              f"change from one read to the next?")
