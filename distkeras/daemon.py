@@ -18,7 +18,11 @@ numpy's OpenBLAS pool) belong to libraries with fork handlers of their own; ever
 the test suite runs in workers forked this way. A library that fails to import is reported
 on the daemon's stderr and skipped: the daemon then works as PySpark's own.
 
-Set up by :func:`distkeras.local_session`; on a cluster::
+A local session starts the import before its JVM (:mod:`distkeras.forkserver`): this module,
+when Spark starts it, hands its place to the fork server's child and stands in for it.
+
+Set up by :func:`distkeras.local_session`; on a cluster (where each executor's daemon
+imports for itself, once)::
 
     --conf spark.python.daemon.module=distkeras.daemon
     --conf spark.executorEnv.DISTKERAS_PRELOAD=tensorflow   # or jax,keras or torch
@@ -29,6 +33,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+
+from .forkserver import SOCKET_ENV, hand_over, stand_in
 
 #: the environment variable naming the modules to import, comma-separated
 PRELOAD_ENV = "DISTKERAS_PRELOAD"
@@ -50,6 +56,12 @@ def preload(names: str) -> list[str]:
 
 
 def main() -> None:
+    path = os.environ.get(SOCKET_ENV)
+    if path:
+        daemon = hand_over(path)
+        if daemon is not None:
+            stand_in(daemon)
+            return
     preload(os.environ.get(PRELOAD_ENV, ""))
     os.environ[UNCLAIMED_ENV] = "1"
     from pyspark.daemon import manager

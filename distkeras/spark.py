@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+from . import forkserver
 from .backends import configured_backend, preload_for
 from .daemon import PRELOAD_ENV
 from .errors import JavaMissingError  # noqa: F401 - also importable from here
@@ -76,9 +77,9 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
         task_retries: How many times Spark retries a failed task (local mode does not
             retry by default). Defaults to `0`.
         preload: Whether the Python workers come from a daemon that imported the Keras
-            backend's library (TensorFlow, JAX or PyTorch) once, started in the background
-            as the session starts (`distkeras.daemon`): the first `train()` then does not
-            wait while each worker imports it. Defaults to `True`.
+            backend's library (TensorFlow, JAX or PyTorch) once (`distkeras.daemon`), in a
+            process started before the JVM (`distkeras.forkserver`): the first `train()`
+            then does not wait while each worker imports it. Defaults to `True`.
         **conf: Extra Spark settings, dots written as ``_``
             (``spark_executor_memory="2g"`` sets ``spark.executor.memory``). The driver's
             heap, where a local session's tasks run, defaults to `default_driver_memory()`
@@ -121,6 +122,12 @@ def local_session(num_workers: int = 2, app_name: str = "distkeras", task_retrie
     if modules:
         builder = (builder.config("spark.python.daemon.module", "distkeras.daemon")
                    .config(f"spark.executorEnv.{PRELOAD_ENV}", modules))
+        try:  # the import starts now, beside the JVM's start
+            socket_path = forkserver.start(modules, os.environ["PYSPARK_PYTHON"])
+        except OSError as error:  # e.g. no writable temporary directory: the daemon imports
+            log.debug("distkeras: no fork server: %s", error)
+        else:
+            builder = builder.config(f"spark.executorEnv.{forkserver.SOCKET_ENV}", socket_path)
     for key, value in conf.items():
         builder = builder.config(key.replace("_", "."), value)
     session = builder.getOrCreate()
@@ -150,11 +157,13 @@ def preload_modules() -> str | None:
 
 def start_python_workers(spark) -> threading.Thread:
     """Run a one-task Arrow job in the background, so that the Python workers' daemon starts
-    (and preloads) now, while the driver goes on, rather than when training needs it.
+    (taking over the fork server's import, or importing) now, while the driver goes on,
+    rather than when training needs it.
 
-    The job takes one task slot and one core while the daemon imports (about 5 s for
-    TensorFlow here); a job the driver runs meanwhile has the other slots. Its failure
-    (a session stopped meanwhile) is of no consequence: the daemon then starts later."""
+    The job takes one task slot until the import is done (about 5 s of CPU for TensorFlow
+    here, part of it spent while the JVM started); a job the driver runs meanwhile has the
+    other slots. Its failure (a session stopped meanwhile) is of no consequence: the daemon
+    then starts later."""
     def run() -> None:
         def unchanged(batches):
             yield from batches

@@ -32,7 +32,8 @@ def run_id(token: bytes) -> str:
     return hashlib.sha256(b"distkeras-spill:" + token).hexdigest()[:12]
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a zombie counts until it is reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -59,7 +60,7 @@ def sweep(run: str, partition: int, dirs: list[str] | None = None) -> list[str]:
             if int(pid) == os.getpid() and other_host == host:
                 continue  # this process's own (a task of it still running)
             predecessor = other_run == run and other_partition == str(partition)
-            if predecessor or (other_host == host and not _alive(int(pid))):
+            if predecessor or (other_host == host and not process_alive(int(pid))):
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
                 removed.append(os.path.join(root, name))
     return removed

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from distkeras.spill import process_alive
+
 PREFIX = "dkh"
 NETWORK = ipaddress.ip_network("198.18.0.0/15")
 _NAME = re.compile(rf"^{PREFIX}(\d+)[bnvx]\d*$")
@@ -59,16 +61,6 @@ def unavailable() -> str | None:
         return f"'ip netns add' is not permitted here: {made.stderr.strip()}"
     _ip("netns", "del", probe, check=False)
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def namespace_pids(namespace: str) -> list[int]:
@@ -106,7 +98,7 @@ def sweep(owner: int | None = None) -> list[str]:
     spaces, links = _ours()
     for name in spaces + links:
         pid = int(_NAME.match(name).group(1))
-        if pid != owner and (owner is not None or _alive(pid)):
+        if pid != owner and (owner is not None or process_alive(pid)):
             continue
         if name in spaces:
             kill_namespace(name)

@@ -1,7 +1,8 @@
 """local_session's driver heap (the executors of a local session live in the driver's JVM,
 so Spark's default 1 GiB heap is too small for this library's data: it ran out on 100,000
 cached 784-wide rows in bench/first_run.py, 2 runs of 4) and its Python workers, forked from
-a daemon that imported the Keras backend's library once (distkeras.daemon)."""
+a daemon that imported the Keras backend's library once (distkeras.daemon), while the JVM
+started (distkeras.forkserver)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 
 import pytest
 
-from distkeras import backends, daemon
+from distkeras import backends, daemon, forkserver
 from distkeras.backends import backend_library, configured_backend
 from distkeras.spark import (
     default_driver_memory,
@@ -86,6 +87,8 @@ MAPPED = {"tensorflow": "/tensorflow/", "jax": "/jaxlib/", "torch": "/torch/"}
 
 
 def test_workers_fork_from_a_daemon_that_imported_the_backend(spark):
+    """... before the JVM started: the fork server's child (distkeras.forkserver), with the
+    environment Spark gave its daemon."""
     import pyarrow as pa
 
     library = backend_library(backends.driver_backend())
@@ -94,6 +97,7 @@ def test_workers_fork_from_a_daemon_that_imported_the_backend(spark):
     conf = spark.sparkContext.getConf()
     assert conf.get("spark.python.daemon.module") == "distkeras.daemon"
     assert conf.get(f"spark.executorEnv.{daemon.PRELOAD_ENV}").split(",")[0] == library
+    assert conf.get(f"spark.executorEnv.{forkserver.SOCKET_ENV}")
 
     def probe(batches):
         for _ in batches:
@@ -103,13 +107,18 @@ def test_workers_fork_from_a_daemon_that_imported_the_backend(spark):
             command = cmdline.read().replace(b"\0", b" ").decode()
         with open(f"/proc/{parent}/maps") as maps:
             mapped = MAPPED[library] in maps.read()
-        yield pa.RecordBatch.from_pylist([{"parent": command, "mapped": mapped}])
+        spark_set = "SPARK_REUSE_WORKER" in os.environ  # by the JVM for its daemon only
+        handed = forkserver.SOCKET_ENV not in os.environ
+        yield pa.RecordBatch.from_pylist([{"parent": command, "mapped": mapped,
+                                           "spark_set": spark_set, "handed": handed}])
 
-    rows = spark.range(0, 2, 1, 2).mapInArrow(probe, "parent string, mapped boolean").collect()
+    rows = spark.range(0, 2, 1, 2).mapInArrow(
+        probe, "parent string, mapped boolean, spark_set boolean, handed boolean").collect()
     assert len(rows) == 2
     for row in rows:
-        assert "distkeras.daemon" in row["parent"], row["parent"]
+        assert "distkeras.forkserver" in row["parent"], row["parent"]
         assert row["mapped"], f"the daemon did not import {library}"
+        assert row["spark_set"] and row["handed"], row
 
 
 # ---- the workers' CPU threads: distkeras.spark.worker_threads, backends.limit_threads -------
