@@ -82,6 +82,7 @@ def serve(path: str, listening: int, idle_s: float = DEFAULT_IDLE_S,
     from .daemon import PRELOAD_ENV, preload
 
     listener = socket.socket(fileno=listening)
+    signal.signal(signal.SIGTERM, _exit_cleanly)  # the folder goes with a stopped server too
     try:
         preload(os.environ.get(PRELOAD_ENV, ""))
         hello = json.dumps(_interpreter()).encode()
@@ -108,6 +109,10 @@ def serve(path: str, listening: int, idle_s: float = DEFAULT_IDLE_S,
     finally:
         listener.close()
         shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def _exit_cleanly(_signum, _frame) -> None:
+    sys.exit(0)
 
 
 def _become_daemon(conn: socket.socket, request: dict, streams: list[int]) -> None:

@@ -83,7 +83,11 @@ def server(monkeypatch):
     path = forkserver.start("json", sys.executable, idle_s=60)
     yield path
     for pid in processes_running(path):
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGTERM)  # a fork server that still waits removes its folder
+    if not wait_until(lambda: not processes_running(path), timeout=10):
+        for pid in processes_running(path):
+            os.kill(pid, signal.SIGKILL)
+    assert not os.path.exists(os.path.dirname(path))
 
 
 @pytest.mark.parametrize("stop", ["close stdin", "SIGTERM"])
