@@ -9,15 +9,16 @@ meanwhile. When Spark starts its daemon (``python -m distkeras.daemon``), that p
 the fork server its standard streams, environment, arguments and working directory over a
 Unix socket (:func:`hand_over`); the fork server forks a child that takes them on and runs
 PySpark's daemon loop, and exits. The process Spark started stays as the daemon's stand-in:
-it forwards Spark's SIGTERM to the real daemon and exits when it does. Spark's other signal
-to its daemon, closing its standard input, reaches the real daemon directly.
+it forwards Spark's SIGTERM (and SIGINT) to the real daemon and exits when it does. Spark's
+other signal to its daemon, closing its standard input, reaches the real daemon directly.
 
-Only what an interpreter fixes at its start must agree: the executable and
-``PYTHONHASHSEED`` (Spark gives its workers one); the fork server says both before anything
-is handed over, and a daemon that finds either different imports the library itself, as
-does one that finds no fork server (it served once, gave up waiting, or never started). The
-socket lives in a directory only this user can enter, and the fork server serves only a
-peer of its own user.
+Only what an interpreter fixes at its start must agree: the executable, its prefix and
+version, and ``PYTHONHASHSEED`` (Spark gives its workers one); the fork server says them
+before anything is handed over, and a daemon that finds any different imports the library
+itself, as does one that finds no fork server. A fork server serves once, and leaves after
+:data:`DEFAULT_IDLE_S` unused, on SIGTERM, or once the driver has exited. The socket lives
+in a directory only this user can enter, and the fork server serves only a peer of its own
+user; what crosses it is JSON and file descriptors.
 """
 
 from __future__ import annotations
