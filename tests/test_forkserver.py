@@ -99,8 +99,9 @@ def test_the_daemon_runs_in_a_child_of_the_fork_server_and_stops_as_spark_says(s
         # the fork server has served and gone; its child listens, the process Spark
         # started stands in for it
         assert wait_until(lambda: not os.path.exists(server))
+        assert wait_until(lambda: len(processes_running(server)) == 1)
         served = processes_running(server)
-        assert len(served) == 1 and served[0] != daemon.pid
+        assert served[0] != daemon.pid
         with socket.create_connection(("127.0.0.1", port), timeout=10):
             pass  # PySpark's loop accepts: it forks a worker, which finds no secret and ends
         assert wait_until(lambda: processes_running(server) == served)
@@ -121,6 +122,7 @@ def test_the_real_daemon_ending_ends_its_stand_in(server):
     daemon = launch_daemon(spark_env(server))
     try:
         read_port(daemon)
+        assert wait_until(lambda: len(processes_running(server)) == 1)  # the server has gone
         (served,) = processes_running(server)
         os.kill(served, signal.SIGKILL)
         assert daemon.wait(30) is not None
