@@ -34,8 +34,6 @@ import importlib
 import os
 import sys
 
-from .forkserver import SOCKET_ENV, hand_over, stand_in
-
 #: the environment variable naming the modules to import, comma-separated
 PRELOAD_ENV = "DISTKERAS_PRELOAD"
 #: set in the daemon, so in every worker it forks, until a task chooses its Keras backend
@@ -56,6 +54,8 @@ def preload(names: str) -> list[str]:
 
 
 def main() -> None:
+    from .forkserver import SOCKET_ENV, hand_over, stand_in
+
     path = os.environ.get(SOCKET_ENV)
     if path:
         daemon = hand_over(path)

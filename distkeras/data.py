@@ -154,20 +154,23 @@ class ColumnPlan:
         return self._split([c.arrow_to_numpy(ch) for c, ch in zip(self.columns, chunks)])
 
     def arrow_frame(self, dataframe):
-        """The DataFrame workers read: only the plan's columns, Vectors as arrays, decimals
-        as doubles (Arrow would hand them to numpy as Python ``Decimal`` objects)."""
-        types = {f.name: f.dataType for f in dataframe.schema.fields}
-        return dataframe.select(*[worker_column(c.name, types[c.name], c.vector)
-                                  for c in self.columns])
+        """The DataFrame workers read: only the plan's columns (:func:`worker_frame`)."""
+        return worker_frame(dataframe, [c.name for c in self.columns])
 
 
-def worker_column(name: str, dtype, vector: bool):
-    """Column ``name`` (of Spark type ``dtype``; ``vector``: a Spark ML Vector) as workers
-    read it (see :meth:`ColumnPlan.arrow_frame`)."""
+def worker_frame(dataframe, names: Sequence[str]):
+    """Columns ``names`` of ``dataframe`` as workers read them: Vectors as float arrays,
+    decimals as doubles (Arrow would hand them to numpy as Python ``Decimal`` objects)."""
+    types = {f.name: f.dataType for f in dataframe.schema.fields}
+    return dataframe.select(*[_worker_column(name, types[name]) for name in names])
+
+
+def _worker_column(name: str, dtype):
+    from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    if vector:
+    if isinstance(dtype, VectorUDT):
         return as_array(F.col(name), VECTOR, "float").alias(name)
     if isinstance(dtype, T.DecimalType):
         return F.col(name).cast("double").alias(name)

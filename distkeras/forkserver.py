@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 
+from .daemon import PRELOAD_ENV, UNCLAIMED_ENV, preload
 from .spill import process_alive
 
 #: the environment variable (``spark.executorEnv``) naming the fork server's socket
@@ -54,8 +55,6 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 def start(modules: str, python: str = sys.executable, idle_s: float = DEFAULT_IDLE_S) -> str:
     """Start a fork server that imports ``modules`` (comma-separated) in ``python``; return
     its socket's path, for :data:`SOCKET_ENV` in the daemon's environment."""
-    from .daemon import PRELOAD_ENV
-
     folder = tempfile.mkdtemp(prefix="distkeras-fork-")  # 0700: this user only
     path = os.path.join(folder, "socket")
     env = {**os.environ, PRELOAD_ENV: modules, "PYTHONUNBUFFERED": "YES",
@@ -74,14 +73,10 @@ def start(modules: str, python: str = sys.executable, idle_s: float = DEFAULT_ID
 
 
 # ---- the fork server ----------------------------------------------------------------------
-def serve(path: str, listening: int, idle_s: float = DEFAULT_IDLE_S,
-          driver: int | None = None) -> None:
+def serve(path: str, listening: int, idle_s: float, driver: int) -> None:
     """Import the preload, then fork one daemon for the first peer that asks on the socket
     ``listening`` (bound to ``path``); give up after ``idle_s`` or once this process's
     parent is no longer ``driver`` (the driver exited, even before this one started)."""
-    driver = os.getppid() if driver is None else driver
-    from .daemon import PRELOAD_ENV, preload
-
     listener = socket.socket(fileno=listening)
     signal.signal(signal.SIGTERM, _exit_cleanly)  # the folder goes with a stopped server too
     try:
@@ -128,8 +123,6 @@ def _become_daemon(conn: socket.socket, request: dict, streams: list[int]) -> No
         os.environ.clear()
         os.environ.update(request["env"])
         os.environ.pop(SOCKET_ENV, None)
-        from .daemon import UNCLAIMED_ENV
-
         os.environ[UNCLAIMED_ENV] = "1"
         paths = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
         sys.path[:0] = [p for p in paths if p not in sys.path]
@@ -158,7 +151,8 @@ def hand_over(path: str, wait_s: float = DEFAULT_WAIT_S) -> int | None:
     from the hand-over until :func:`stand_in` passes them on.
 
     Raises:
-        OSError: The fork server took the streams but did not say its daemon's pid.
+        OSError, ValueError: The fork server took the streams but did not say its daemon's
+            pid.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     served = None

@@ -475,13 +475,10 @@ def spark_partitions(dataframe: Any, x: np.ndarray, num_workers: int,
     """
     from pyspark.sql import functions as F
 
-    from .data import worker_column
+    from .data import worker_frame
 
-    types = {f.name: f.dataType for f in dataframe.schema.fields}
     # the columns as the trainer's shuffle sees them, converted for the workers
-    frame = dataframe.select(*[worker_column(name, types[name],
-                                             types[name].simpleString() == "vector")
-                               for name in (features_col, label_col)])
+    frame = worker_frame(dataframe, [features_col, label_col])
     frame = frame.coalesce(1) if single_worker else frame.repartition(int(num_workers))
     # keep the label column: pruning it would change what repartition sorts and deals out
     rows = frame.select(F.spark_partition_id().alias("part"), F.col(features_col).alias("f"),

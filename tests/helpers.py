@@ -148,6 +148,15 @@ def wait_for(condition, timeout=30.0, interval=0.01):
 
 
 # ---- a Spark standalone cluster in separate processes (pip pyspark's spark-class) ----------
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def group_alive(pgid: int) -> list[int]:
     """Pids of live (not zombie) processes in process group ``pgid``."""
     alive = []

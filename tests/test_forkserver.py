@@ -17,6 +17,7 @@ import sys
 import time
 
 import pytest
+from helpers import running, wait_for
 
 from distkeras import forkserver
 
@@ -57,24 +58,7 @@ def processes_running(text: str) -> list[int]:
                         found.append(int(entry))
             except OSError:
                 pass
-    return [pid for pid in found if not _zombie(pid)]
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def wait_until(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
+    return [pid for pid in found if running(pid)]
 
 
 @pytest.fixture
@@ -84,7 +68,7 @@ def server(monkeypatch):
     yield path
     for pid in processes_running(path):
         os.kill(pid, signal.SIGTERM)  # a fork server that still waits removes its folder
-    if not wait_until(lambda: not processes_running(path), timeout=10):
+    if not wait_for(lambda: not processes_running(path), timeout=10):
         for pid in processes_running(path):
             os.kill(pid, signal.SIGKILL)
     assert not os.path.exists(os.path.dirname(path))
@@ -98,13 +82,13 @@ def test_the_daemon_runs_in_a_child_of_the_fork_server_and_stops_as_spark_says(s
         port = read_port(daemon)
         # the fork server has served and gone; its child listens, the process Spark
         # started stands in for it
-        assert wait_until(lambda: not os.path.exists(server))
-        assert wait_until(lambda: len(processes_running(server)) == 1)
+        assert wait_for(lambda: not os.path.exists(server))
+        assert wait_for(lambda: len(processes_running(server)) == 1)
         served = processes_running(server)
         assert served[0] != daemon.pid
         with socket.create_connection(("127.0.0.1", port), timeout=10):
             pass  # PySpark's loop accepts: it forks a worker, which finds no secret and ends
-        assert wait_until(lambda: processes_running(server) == served)
+        assert wait_for(lambda: processes_running(server) == served)
         time.sleep(0.5)  # PySpark's loop ignores a SIGTERM that comes while it forks
         assert daemon.poll() is None
         if stop == "close stdin":
@@ -112,7 +96,7 @@ def test_the_daemon_runs_in_a_child_of_the_fork_server_and_stops_as_spark_says(s
         else:
             daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) is not None
-        assert wait_until(lambda: not processes_running(server)), "the daemon outlived Spark"
+        assert wait_for(lambda: not processes_running(server)), "the daemon outlived Spark"
     finally:
         daemon.kill()
         daemon.wait(30)
@@ -122,7 +106,7 @@ def test_the_real_daemon_ending_ends_its_stand_in(server):
     daemon = launch_daemon(spark_env(server))
     try:
         read_port(daemon)
-        assert wait_until(lambda: len(processes_running(server)) == 1)  # the server has gone
+        assert wait_for(lambda: len(processes_running(server)) == 1)  # the server has gone
         (served,) = processes_running(server)
         os.kill(served, signal.SIGKILL)
         assert daemon.wait(30) is not None
@@ -164,7 +148,7 @@ def test_no_fork_server_means_the_daemon_imports_for_itself(tmp_path):
 def test_an_unused_fork_server_gives_up_and_cleans_up(monkeypatch):
     monkeypatch.setenv("PYTHONHASHSEED", "0")
     path = forkserver.start("json", sys.executable, idle_s=1)
-    assert wait_until(lambda: not os.path.exists(os.path.dirname(path)), timeout=30)
+    assert wait_for(lambda: not os.path.exists(os.path.dirname(path)), timeout=30)
     assert not processes_running(path)
 
 
@@ -176,10 +160,10 @@ def test_a_fork_server_goes_when_its_driver_does(tmp_path):
         cwd=ROOT, env=spark_env(None), stdout=subprocess.PIPE, text=True)
     try:
         path = driver.stdout.readline().strip()
-        assert wait_until(lambda: processes_running(path) != [], timeout=30)
+        assert wait_for(lambda: processes_running(path) != [], timeout=30)
         driver.kill()
         driver.wait(30)
-        assert wait_until(lambda: not processes_running(path), timeout=30)
+        assert wait_for(lambda: not processes_running(path), timeout=30)
         assert not os.path.exists(os.path.dirname(path))
     finally:
         driver.kill()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import running
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -76,14 +77,6 @@ def test_notebook_is_stored_without_outputs(path):
     assert nb.cells[-1].cell_type == "code" and "spark.stop()" in nb.cells[-1].source
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -114,6 +107,6 @@ def test_notebook_runs(path):
         assert accuracy >= 0.8, (path.name, name, accuracy, shown[-3000:])
     # the kernel is gone now; the JVM it started follows it within seconds
     deadline = time.monotonic() + 60
-    while any(alive(pid) for pid in check["jvms"]) and time.monotonic() < deadline:
+    while any(running(pid) for pid in check["jvms"]) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not [pid for pid in check["jvms"] if alive(pid)], "a JVM outlived the kernel"
+    assert not [pid for pid in check["jvms"] if running(pid)], "a JVM outlived the kernel"
